@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make demo` (segment samples/ with the shipped weights) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+INPUT  ?= samples
+OUTPUT ?= out
+
+.PHONY: demo test system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.app-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt training/requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.app-installed
+
+# Docker engine and debootstrap for the container test (Debian/Ubuntu, as root).
+system-deps:
+	@if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null; \
+		else echo "install docker.io and debootstrap (as root) for the container test" >&2; exit 1; fi; \
+	fi
+
+demo: $(VENV)/.app-installed
+	$(BIN)/python -m app predict --input $(INPUT) --output $(OUTPUT) --report $(OUTPUT)/timing.csv
+
+test: system-deps $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(OUTPUT) .pytest_cache
