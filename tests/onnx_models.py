@@ -1,0 +1,85 @@
+"""Small ONNX models that fit the app's model contract, built with onnx.helper (no torch, no training).
+
+`contract_model` is a brightness detector: cell = sigmoid(gain * (blur(gray) - level)), boundary low
+everywhere, cls the matching 3-class softmax. With ``kernel=1`` it is pointwise and therefore exactly
+translation-equivariant, which the windowing tests rely on. Bright discs on a dark background come out as
+one instance each after MT2 post-processing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def contract_model(
+    path: Path,
+    *,
+    kernel: int = 1,
+    gain: float = 20.0,
+    level: float = 0.5,
+    fp16: bool = False,
+    names: tuple[str, str, str, str] = ("image", "cls", "cell", "boundary"),
+) -> Path:
+    """Write a contract-conforming model to `path` and return it."""
+    inp, cls_name, cell_name, bnd_name = names
+    weight = np.full((1, 3, kernel, kernel), 1.0 / (3 * kernel * kernel), dtype=np.float32)
+    pad = kernel // 2
+    inits = [
+        numpy_helper.from_array(weight, "w_gray"),
+        numpy_helper.from_array(np.array(level, np.float32), "level"),
+        numpy_helper.from_array(np.array(gain, np.float32), "gain"),
+        numpy_helper.from_array(np.array(-10.0, np.float32), "low"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("Conv", [inp, "w_gray"], ["gray"], pads=[pad] * 4),
+        helper.make_node("Sub", ["gray", "level"], ["centred"]),
+        helper.make_node("Mul", ["centred", "gain"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], [cell_name]),
+        helper.make_node("Mul", ["gray", "zero"], ["flat"]),
+        helper.make_node("Add", ["flat", "low"], ["bnd_logit"]),
+        helper.make_node("Sigmoid", ["bnd_logit"], [bnd_name]),
+        helper.make_node("Neg", ["z"], ["bg_logit"]),
+        helper.make_node("Concat", ["bg_logit", "z", "bnd_logit"], ["cls_logits"], axis=1),
+        helper.make_node("Softmax", ["cls_logits"], [cls_name], axis=1),
+    ]
+    dims_in = ["N", 3, "H", "W"]
+    graph = helper.make_graph(
+        nodes,
+        "contract_model",
+        [helper.make_tensor_value_info(inp, TensorProto.FLOAT, dims_in)],
+        [
+            helper.make_tensor_value_info(cls_name, TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            helper.make_tensor_value_info(cell_name, TensorProto.FLOAT, ["N", 1, "H", "W"]),
+            helper.make_tensor_value_info(bnd_name, TensorProto.FLOAT, ["N", 1, "H", "W"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if fp16:
+        from onnxconverter_common import float16
+
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def disc_image(
+    shape: tuple[int, int], centres: list[tuple[int, int]], radius: int, *, value: int = 220
+) -> np.ndarray:
+    """uint8 grayscale image of bright discs (value `value`) on a black background."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape, np.uint8)
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
+    return image
