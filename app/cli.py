@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 
@@ -12,3 +15,155 @@ def cli() -> None:
 
 
 # Commands are added below by the modules that own them (predict, evaluate, timing).
+
+
+# --- predict -----------------------------------------------------------------------------------------------------
+# One option per InferenceConfig field, generated from the dataclass so that no default is repeated here;
+# unset options stay None and leave the config's default in place (InferenceConfig.with_overrides).
+
+WEIGHTS_ENV = "MT2_WEIGHTS"
+
+
+class NumberList(click.ParamType):
+    """A comma-separated list of numbers, for tuple fields such as `scales` ("0.8,1,1.2")."""
+
+    name = "LIST"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(part) for part in str(value).split(",") if part.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not numbers:
+            self.fail("needs at least one number", param, ctx)
+        return numbers
+
+
+def _shown(value: object) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
+def config_options(command):  # type: ignore[no-untyped-def]
+    """Decorate `command` with `--<field>` for every InferenceConfig field (types taken from the defaults)."""
+    from dataclasses import fields
+
+    from app.config import InferenceConfig
+
+    for field in reversed(fields(InferenceConfig)):
+        default = field.default
+        kind = NumberList() if isinstance(default, tuple) else type(default)
+        command = click.option(
+            f"--{field.name.replace('_', '-')}",
+            field.name,
+            type=kind,
+            default=None,
+            help=f"[default: {_shown(default)}]",
+        )(command)
+    return command
+
+
+def default_model() -> str:
+    """$MT2_WEIGHTS, else the weights/ folder beside the app package."""
+    from pathlib import Path
+
+    return os.environ.get(WEIGHTS_ENV) or str(Path(__file__).resolve().parent.parent / "weights")
+
+
+@cli.command()
+@click.option("--input", "input_dir", required=True, help="Folder of images (.png .bmp .jpg .jpeg .tif .tiff).")
+@click.option("--output", "output_dir", required=True, help="Folder for <name>_label.tiff files (created if needed).")
+@click.option(
+    "--model",
+    default=None,
+    help=f"ONNX model file, or a weights folder (mt2.fp16.onnx for CUDA, mt2.fp32.onnx for CPU). "
+    f"[default: ${WEIGHTS_ENV}, else the repository's weights/]",
+)
+@click.option("--report", default=None, help="Also write the per-image timing table as CSV to this file.")
+@click.option("--verbose", "-v", is_flag=True, help="Log plan choices and model details.")
+@config_options
+def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool, **overrides) -> None:  # type: ignore[no-untyped-def]
+    """Segment every image of --input into one instance-label TIFF per image in --output.
+
+    Exit code 0 when every image was written, 1 when any image failed, 2 when the run could not start.
+    """
+    import logging
+
+    from app.config import InferenceConfig
+    from app.errors import ModelError
+    from app.pipeline import SetupError, run_folder
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    cfg = InferenceConfig().with_overrides(**overrides)
+    try:
+        code = run_folder(input_dir, output_dir, model or default_model(), cfg, report)
+    except (SetupError, ModelError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--gt", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Ground-truth folder of <name>_label.tiff files.")
+@click.option("--pred", "pred_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Predicted label folder (same file names).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Also write the table as CSV.")
+def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
+    """Score predicted <name>_label.tiff files with the challenge F1; the mean F1 is the last line."""
+    import csv
+    from pathlib import Path
+
+    from app.errors import InputError
+    from app.metric import evaluate_folders, mean_f1
+
+    try:
+        results = evaluate_folders(Path(gt_dir), Path(pred_dir))
+    except InputError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not results:
+        raise click.ClickException(f"no *_label.tiff ground-truth files in {gt_dir}")
+    header = ["image", "tp", "fp", "fn", "precision", "recall", "f1", "note"]
+    rows = [
+        [name, s.tp, s.fp, s.fn, f"{s.precision:.4f}", f"{s.recall:.4f}", f"{s.f1:.4f}",
+         "missing prediction" if s.missing else ""]
+        for name, s in results
+    ]
+    width = max(len(header[0]), *(len(r[0]) for r in rows))
+    click.echo(f"{header[0]:<{width}}  {'tp':>6} {'fp':>6} {'fn':>6} {'prec':>7} {'recall':>7} {'f1':>7}")
+    for r in rows:
+        click.echo(f"{r[0]:<{width}}  {r[1]:>6} {r[2]:>6} {r[3]:>6} {r[4]:>7} {r[5]:>7} {r[6]:>7}  {r[7]}".rstrip())
+    if csv_path:
+        with open(csv_path, "w", newline="") as handle:
+            csv.writer(handle).writerows([header, *rows])
+    missing = sum(s.missing for _, s in results)
+    if missing:
+        click.echo(f"{missing} of {len(results)} predictions missing (scored as all false negatives)")
+    click.echo(f"mean F1: {mean_f1(results):.4f} over {len(results)} images")
+
+
+# --- timing ------------------------------------------------------------------------------------------------------
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--image", default="mt2:latest", show_default=True, help="Docker image to time.")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of images.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the label files.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the organisers' CSV here.")
+@click.argument("docker_args", nargs=-1, type=click.UNPROCESSED)
+def timing(image: str, input_dir: str, output_dir: str, csv_path: str | None, docker_args: tuple[str, ...]) -> None:
+    """Time --image with the challenge protocol: one container run per image, each image alone.
+
+    Arguments after `--` go to `docker container run` (e.g. `-- --gpus device=0`). Exit code 1 when any
+    image produced no label file.
+    """
+    from app.protocol import run_line, run_protocol, summary, write_csv
+
+    runs = run_protocol(image, input_dir, output_dir, docker_args, on_run=lambda run: click.echo(run_line(run)))
+    if not runs:
+        raise click.ClickException(f"no images in {input_dir}")
+    if csv_path:
+        write_csv(csv_path, runs)
+    click.echo(summary(runs))
+    sys.exit(1 if any(run.failed for run in runs) else 0)

@@ -18,6 +18,8 @@ class InferenceConfig:
     # Normalisation: per-channel percentiles of the non-zero pixels, mapped to uint8 0..255.
     norm_low_percentile: float = 1.0
     norm_high_percentile: float = 99.0
+    # Percentiles of larger images come from a regular subsample of at most this many pixels per channel.
+    norm_sample_pixels: int = 4_000_000
     # Modality plan: fluorescence (red channel all zero) at 1.5x alone, everything else at 0.8/1.0/1.2x.
     scales: tuple[float, ...] = (0.8, 1.0, 1.2)
     fluorescence_scales: tuple[float, ...] = (1.5,)
@@ -37,6 +39,8 @@ class InferenceConfig:
     tile_threshold_pixels: int = 16_000_000
     tile_size: int = 4096
     tile_halo: int = 256
+    # Threads post-processing finished tiles while the model runs on the next (0: all on the calling thread).
+    tile_workers: int = 1
     # Tolerance-aware planning: "auto", "none", or a number of seconds.
     budget: str = "auto"
     budget_safety: float = 0.75

@@ -83,3 +83,45 @@ def disc_image(
     for cy, cx in centres:
         image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
     return image
+
+
+def fp16_io_model(path: Path, **kwargs) -> Path:
+    """`contract_model` converted to float16 throughout, inputs and outputs included (no keep_io_types)."""
+    from onnxconverter_common import float16
+
+    path = contract_model(Path(path), **kwargs)
+    model = float16.convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
+    onnx.save(model, str(path))
+    return path
+
+
+def shaped_model(
+    path: Path,
+    *,
+    input_channels: int = 3,
+    cls_channels: int = 3,
+    input_type: int = TensorProto.FLOAT,
+    input_dims: tuple = ("N", None, "H", "W"),
+) -> Path:
+    """A model with the contract's names but chosen channel counts, element type and input dims (None = channels).
+
+    Every output is a mean over the input channels, broadcast to its channel count; it exists to test the
+    contract check, not to segment anything.
+    """
+    dims = [input_channels if d is None else d for d in input_dims]
+    nodes = [helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=1)]
+    outputs = []
+    for name, channels in (("cls", cls_channels), ("cell", 1), ("boundary", 1)):
+        nodes.append(helper.make_node("Concat", ["mean"] * channels, [name], axis=1))
+        outputs.append(helper.make_tensor_value_info(name, input_type, [dims[0], channels, *dims[2:]]))
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        nodes, "shaped_model", [helper.make_tensor_value_info("image", input_type, dims)], outputs, [axes]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -11,6 +13,85 @@ def cli() -> None:
 
 
 # Commands are added below by the modules that own them (train, export, synth).
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Training checkpoint (.pt).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the ONNX files and manifest.json.")
+@click.option("--which", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="Weights to export (falls back to the student when there is no teacher).")
+@click.option("--sizes", default="256,320x448", show_default=True,
+              help="Verification image sizes, HxW or one side, comma-separated, multiples of 32.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where ONNX Runtime runs the verification.")
+@click.option("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default).")
+@click.option("--no-slim", is_flag=True, help="Skip onnxslim simplification.")
+@click.option("--verify-only", is_flag=True,
+              help="Re-check the files already in --out against the checkpoint; write nothing.")
+def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_only) -> None:
+    """Export a checkpoint to verified fp32 and fp16 ONNX models with a manifest."""
+    from app.errors import ModelError
+    from training.export import ExportCheckError, export_checkpoint, parse_sizes, verify_directory
+
+    try:
+        hw = parse_sizes(sizes)
+        if verify_only:
+            parity = verify_directory(checkpoint, out_dir, which, hw, device, threads)
+            click.echo(f"verified {out_dir}: {parity.summary()}")
+        else:
+            result = export_checkpoint(checkpoint, out_dir, which, hw, not no_slim, device, threads, log=click.echo)
+            click.echo(f"wrote {', '.join(result.files)} and {result.manifest.name} to {out_dir}")
+    except (ExportCheckError, ModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.command("train")
+@click.option("--config", "config", default=None, help="Preset name (cpu, ship, paper) or a TOML file.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Challenge layout: images/, labels/, unlabeled/.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder for checkpoints, log.csv and the cache.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the run in this folder from its last.pt.")
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="torchvision-style ImageNet state dict for the encoder (else random init).")
+@click.option("--epochs", type=int, default=None, help="Override schedule.epochs.")
+@click.option("--max-steps", type=int, default=None, help="Override schedule.max_steps.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config field.")
+def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, epochs, max_steps, overrides) -> None:
+    """Train MT2 (supervised warm-up, then Mean Teacher); prints the best checkpoint's path."""
+    from training.config import ConfigError, TrainConfig, load_config, parse_override, with_overrides
+    from training.trainer import LAST, load_checkpoint, train
+
+    if out_dir is None and resume_dir is None:
+        raise click.UsageError("give --out RUN_DIR (or --resume RUN_DIR)")
+    if out_dir is not None and resume_dir is not None and out_dir.resolve() != resume_dir.resolve():
+        raise click.UsageError("--out and --resume name different folders")
+    run_dir = resume_dir or out_dir
+    changes = dict(parse_override(text) for text in overrides)
+    if epochs is not None:
+        changes["schedule.epochs"] = epochs
+    if max_steps is not None:
+        changes["schedule.max_steps"] = max_steps
+    try:
+        if config is not None:
+            cfg = load_config(config, changes)
+        elif resume_dir is not None:
+            cfg = with_overrides(TrainConfig.from_dict(load_checkpoint(resume_dir / LAST)["config"]), changes)
+        else:
+            raise click.UsageError("give --config PRESET_OR_FILE")
+        best = train(cfg, data_dir, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(str(best))
+
+
+from training.synth.cli import synth  # noqa: E402  (kept beside the other commands)
+
+cli.add_command(synth)
+
 
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,108 @@
+"""The weights manifest: what each model file is, where it came from, and a checksum the app verifies.
+
+`manifest.json` sits beside the model files. `files` maps each file name to its size in bytes and sha256;
+everything else (architecture, training data, versions, metrics, parity figures) is free-form metadata written
+by the export. The app calls `verify_model` before loading, so a truncated download or an edited file is
+refused with one clear line instead of producing wrong labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from app.config import CONTRACT
+from app.errors import ModelError
+
+MANIFEST_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file, read in chunks (model files can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path | str) -> dict[str, Any]:
+    """Manifest entry of one file: its size and sha256."""
+    path = Path(path)
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_manifest(
+    directory: Path | str,
+    entries: Mapping[str, Mapping[str, Any]] | list[str],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `directory/manifest.json` and return its path.
+
+    `entries` is either a list of file names inside `directory` (size and sha256 are computed here) or a
+    mapping of file name to an entry that already holds them (extra keys are kept). `meta` is stored as is.
+    The file is written to a temporary name and renamed, so a reader never sees half a manifest.
+    """
+    directory = Path(directory)
+    files: dict[str, dict[str, Any]] = {}
+    items = {name: {} for name in entries} if isinstance(entries, list) else entries
+    for name, given in items.items():
+        entry = dict(given)
+        if "size" not in entry or "sha256" not in entry:
+            entry.update(file_entry(directory / name))
+        files[name] = entry
+    data = {"manifest_version": MANIFEST_VERSION, **dict(meta or {}), "files": files}
+    target = directory / CONTRACT.manifest_file
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, target)
+    return target
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    """Parse a manifest.json; a damaged one is a ModelError naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path.name}: cannot read weights manifest ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise ModelError(f"{path.name}: weights manifest has no 'files' table")
+    return data
+
+
+def verify_model(path: Path | str) -> dict[str, Any] | None:
+    """Check a model file against the manifest beside it and return its entry (None when no manifest exists).
+
+    Raises ModelError when the file is not listed, or its size or sha256 differ from the manifest.
+    """
+    path = Path(path)
+    manifest_path = path.parent / CONTRACT.manifest_file
+    if not manifest_path.is_file():
+        return None
+    manifest = read_manifest(manifest_path)
+    entry = manifest["files"].get(path.name)
+    if not isinstance(entry, dict) or "sha256" not in entry or "size" not in entry:
+        raise ModelError(f"{path.name}: not listed in {manifest_path.name}; refusing an unknown model file")
+    if not path.is_file():
+        raise ModelError(f"{path.name}: model file is missing")
+    size = path.stat().st_size
+    if size != entry["size"]:
+        kind = "truncated" if size < entry["size"] else "changed"
+        raise ModelError(
+            f"{path.name}: {kind} model file ({size} bytes, manifest says {entry['size']}); re-download or re-export it"
+        )
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise ModelError(
+            f"{path.name}: model file changed (sha256 {digest[:12]}..., manifest says {entry['sha256'][:12]}...); "
+            "re-download or re-export it"
+        )
+    return dict(entry)
+
+
+__all__ = ["file_entry", "read_manifest", "sha256_file", "verify_model", "write_manifest"]

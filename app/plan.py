@@ -1,0 +1,284 @@
+"""Which scales and stride to run an image at: MT2's plan when time allows, cheaper plans when it does not.
+
+The challenge gives every image a time tolerance (10 s, or 10 s per megapixel above 1 MP) and penalises only
+the time beyond it. `choose_plan` walks a ladder of plans in accuracy order -- MT2's multi-scale plan at stride
+256, then one scale, then larger strides, then lower scales -- and takes the first whose estimated cost fits a
+safety margin of the budget. The cost model is a pure function of the image size and a few measured
+throughputs (`Costs`); `Planner` measures the model's throughput on this device once, lazily, and turns the
+`--budget` setting into seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from app.config import InferenceConfig
+from app.tiling import window_grid
+from app.timing import tolerance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Scales and window stride for one image, and a one-line reason the pipeline logs."""
+
+    scales: tuple[float, ...]
+    stride: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Throughputs the cost model needs: model seconds per window and host seconds per megapixel.
+
+    `map_seconds_per_mp` is resizing one scale in and out plus accumulating and fusing its windows, per
+    megapixel of the original image; `post_seconds_per_mp` is the watershed; `io_seconds_per_mp` is reading,
+    normalising and writing.
+    """
+
+    window_seconds: float
+    map_seconds_per_mp: float
+    post_seconds_per_mp: float
+    io_seconds_per_mp: float
+
+
+# Host-side throughputs measured with `python3 benchmarks/speed.py` on the 2-core reference machine
+# (docs/SPEED.md); the model's throughput is always measured on the device at run time instead.
+HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.08, post_seconds_per_mp=0.35, io_seconds_per_mp=0.10)
+
+
+@dataclass(frozen=True)
+class PlanLadder:
+    """The cheaper plans tried after MT2's own, in the order they are tried.
+
+    Strides are fractions of the window (0.75 and 1.0 give 384 and 512 for 512 windows, rounded down to a
+    multiple of 32); fallback scales below the single scale are the last resort.
+    """
+
+    stride_fractions: tuple[float, ...] = (0.75, 1.0)
+    fallback_scales: tuple[float, ...] = (1.0, 0.75, 0.5)
+    stride_multiple: int = 32
+
+
+LADDER = PlanLadder()
+
+
+class Runner(Protocol):
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
+    """MT2's scales: `cfg.fluorescence_scales` (1.5 alone) for fluorescence, `cfg.scales` (0.8/1.0/1.2) otherwise."""
+    return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
+
+
+def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str) -> Plan:
+    """MT2's published plan for the modality at the configured stride."""
+    return Plan(modality_scales(fluorescence, cfg), cfg.stride, reason)
+
+
+def scaled_size(length: int, scale: float) -> int:
+    """Side length of an image resized by `scale` (at least one pixel)."""
+    return max(1, int(round(length * scale)))
+
+
+def crop_shapes(h: int, w: int, cfg: InferenceConfig) -> list[tuple[int, int]]:
+    """Shapes of the arrays the model sees: the whole image, or each haloed tile on the whole-slide path."""
+    if h * w <= cfg.tile_threshold_pixels:
+        return [(h, w)]
+    return [
+        (y1 - y0, x1 - x0)
+        for (y0, y1), (x0, x1) in (
+            (_span(cy, cfg.tile_size, cfg.tile_halo, h), _span(cx, cfg.tile_size, cfg.tile_halo, w))
+            for cy in range(0, h, cfg.tile_size)
+            for cx in range(0, w, cfg.tile_size)
+        )
+    ]
+
+
+def _span(start: int, size: int, halo: int, length: int) -> tuple[int, int]:
+    return max(0, start - halo), min(length, start + size + halo)
+
+
+def window_count(shapes: list[tuple[int, int]], scales: tuple[float, ...], window: int, stride: int) -> int:
+    """Model windows needed to cover every shape at every scale."""
+    return sum(
+        len(window_grid(scaled_size(h, s), scaled_size(w, s), window, stride)) for h, w in shapes for s in scales
+    )
+
+
+def estimate_seconds(
+    h: int,
+    w: int,
+    scales: tuple[float, ...],
+    stride: int,
+    costs: Costs,
+    *,
+    window: int = InferenceConfig.window,
+    shapes: list[tuple[int, int]] | None = None,
+) -> float:
+    """Estimated seconds for one image: windows x model time, plus host work per megapixel.
+
+    `shapes` are the arrays the model sees (default: the whole image); on the whole-slide path they are the
+    haloed tiles, so halo overlap is paid for in model windows and in per-scale map work.
+    """
+    shapes = shapes if shapes is not None else [(h, w)]
+    windows = window_count(shapes, scales, window, stride)
+    crop_mp = sum(a * b for a, b in shapes) / 1e6
+    image_mp = h * w / 1e6
+    host = crop_mp * (len(scales) * costs.map_seconds_per_mp + costs.post_seconds_per_mp)
+    return windows * costs.window_seconds + host + image_mp * costs.io_seconds_per_mp
+
+
+def candidate_plans(
+    fluorescence: bool, cfg: InferenceConfig, ladder: PlanLadder = LADDER
+) -> list[tuple[tuple[float, ...], int, str]]:
+    """(scales, stride, label) in accuracy order; the last one is the cheapest and always used as last resort."""
+    full = modality_scales(fluorescence, cfg)
+    single = min(full, key=lambda s: abs(s - 1.0)) if not fluorescence else max(full)
+    strides = sorted(
+        {
+            max(ladder.stride_multiple, int(cfg.window * f) // ladder.stride_multiple * ladder.stride_multiple)
+            for f in ladder.stride_fractions
+        }
+        - {cfg.stride}
+    )
+    strides = [s for s in strides if cfg.stride < s <= cfg.window]
+    widest = strides[-1] if strides else cfg.stride
+    out: list[tuple[tuple[float, ...], int, str]] = [(full, cfg.stride, "MT2 plan")]
+    if len(full) > 1:
+        out.append(((single,), cfg.stride, "one scale"))
+    out += [((single,), s, "one scale, larger stride") for s in strides]
+    out += [((s,), widest, "lower scale") for s in ladder.fallback_scales if s < single]
+    return out
+
+
+def describe(scales: tuple[float, ...], stride: int) -> str:
+    return f"scales {'/'.join(f'{s:g}' for s in scales)} stride {stride}"
+
+
+def choose_plan(
+    h: int,
+    w: int,
+    fluorescence: bool,
+    cfg: InferenceConfig,
+    costs: Costs,
+    budget_seconds: float,
+    ladder: PlanLadder = LADDER,
+) -> Plan:
+    """The most accurate plan whose estimate fits `budget_seconds * cfg.budget_safety`, else the cheapest."""
+    limit = budget_seconds * cfg.budget_safety
+    shapes = crop_shapes(h, w, cfg)
+    candidates = candidate_plans(fluorescence, cfg, ladder)
+    for scales, stride, label in candidates:
+        est = estimate_seconds(h, w, scales, stride, costs, window=cfg.window, shapes=shapes)
+        if est <= limit:
+            return Plan(
+                scales,
+                stride,
+                f"{label}: {describe(scales, stride)}, estimated {est:.1f} s within "
+                f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget",
+            )
+    scales, stride, label = candidates[-1]
+    est = estimate_seconds(h, w, scales, stride, costs, window=cfg.window, shapes=shapes)
+    return Plan(
+        scales,
+        stride,
+        f"over budget, cheapest plan: {describe(scales, stride)}, estimated {est:.1f} s against "
+        f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget",
+    )
+
+
+def parse_budget(value: str) -> float | str:
+    """`cfg.budget` as "none", "auto" or a positive number of seconds; anything else is refused."""
+    text = str(value).strip().lower()
+    if text in ("none", "auto"):
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"budget must be 'auto', 'none' or a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"budget must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def measure_window_seconds(runner: Runner, cfg: InferenceConfig, seed: int = 0) -> tuple[float, float]:
+    """(model seconds per window, seconds the measurement took): one warm-up batch, then one timed batch."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    batch = rng.random((cfg.batch_size, 3, cfg.window, cfg.window), dtype=np.float32)
+    runner.run(batch)
+    t0 = time.perf_counter()
+    runner.run(batch)
+    per_window = (time.perf_counter() - t0) / cfg.batch_size
+    return per_window, time.perf_counter() - start
+
+
+class Planner:
+    """Turns `cfg.budget` into a plan per image; measures the device's model throughput once, when first needed.
+
+    With "auto" the budget is the image's tolerance minus the start-up measured before the first image and
+    minus the time the throughput measurement itself took (both conservative for multi-image runs).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        cfg: InferenceConfig,
+        startup_seconds: float = 0.0,
+        *,
+        host_costs: Costs = HOST_COSTS,
+        ladder: PlanLadder = LADDER,
+    ) -> None:
+        self.runner = runner
+        self.cfg = cfg
+        self.startup_seconds = float(startup_seconds)
+        self.budget = parse_budget(cfg.budget)
+        self.host_costs = host_costs
+        self.ladder = ladder
+        self.measure_seconds = 0.0
+        self._costs: Costs | None = None
+
+    @property
+    def costs(self) -> Costs:
+        """Host costs with the model's per-window time measured on this runner (once)."""
+        if self._costs is None:
+            per_window, spent = measure_window_seconds(self.runner, self.cfg)
+            self.measure_seconds = spent
+            self._costs = Costs(
+                per_window,
+                self.host_costs.map_seconds_per_mp,
+                self.host_costs.post_seconds_per_mp,
+                self.host_costs.io_seconds_per_mp,
+            )
+            log.info("model throughput: %.3f s per %d-pixel window (measured in %.2f s)", per_window,
+                     self.cfg.window, spent)
+        return self._costs
+
+    def budget_seconds(self, height: int, width: int) -> float | None:
+        """Seconds available for this image, or None when the budget is "none"."""
+        if self.budget == "none":
+            return None
+        if self.budget == "auto":
+            self.costs  # measure first, so the measurement's own time is charged to the budget
+            return tolerance(height, width) - self.startup_seconds - self.measure_seconds
+        return float(self.budget)
+
+    def plan(self, height: int, width: int, fluorescence: bool) -> Plan:
+        """The plan for one image, logged with its reason."""
+        budget = self.budget_seconds(height, width)
+        if budget is None:
+            what = describe(modality_scales(fluorescence, self.cfg), self.cfg.stride)
+            chosen = full_plan(fluorescence, self.cfg, f"budget none: MT2 plan, {what}")
+        else:
+            chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget, self.ladder)
+        log.info("plan for %d x %d: %s", height, width, chosen.reason)
+        return chosen

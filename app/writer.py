@@ -1,0 +1,77 @@
+"""Output names and atomic writing of label TIFFs (and of small text files such as the CSV report).
+
+Every file is written under a hidden temporary name in its destination folder and then renamed over the
+final name, so a reader (or the challenge's evaluation) never sees a half-written file and a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+import tifffile
+
+from app.config import CHALLENGE
+
+UINT16_LABELS = np.iinfo(np.uint16).max
+UINT32_LABELS = np.iinfo(np.uint32).max
+TEMP_SUFFIX = ".tmp"
+
+
+def output_name(path: Path | str) -> str:
+    """The challenge's output name: the input name up to its first dot, plus "_label.tiff"."""
+    return Path(path).name.split(".", 1)[0] + CHALLENGE.output_suffix
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    """uint16 while the labels fit, uint32 beyond 65,535 cells."""
+    if max_label <= UINT16_LABELS:
+        return np.dtype(np.uint16)
+    if max_label <= UINT32_LABELS:
+        return np.dtype(np.uint32)
+    raise ValueError(f"{max_label} labels do not fit in uint32")
+
+
+def write_atomic(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(handle)` on a hidden temporary file beside `path`, then rename it to `path`.
+
+    The temporary file is created with the usual permissions (0666 less the umask), so the final file is
+    readable by others exactly like a file written in place. On any failure it is removed and the error re-raised.
+    """
+    path = Path(path)
+    temp = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+    handle = open(temp, "xb")  # exclusive create, mode 0666 less the umask
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_labels(path: Path | str, labels: np.ndarray) -> Path:
+    """Write an H×W instance map as a zlib-compressed TIFF: uint16, or uint32 above 65,535 labels."""
+    if labels.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {labels.shape}")
+    if labels.dtype.kind not in "ui":
+        raise ValueError(f"label map must be integer, got {labels.dtype}")
+    max_label = int(labels.max()) if labels.size else 0
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError("label map has negative labels")
+    data = labels.astype(label_dtype(max_label), copy=False)
+    return write_atomic(
+        path, lambda handle: tifffile.imwrite(handle, data, compression="zlib", photometric="minisblack")
+    )
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """Write a UTF-8 text file atomically."""
+    return write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -1,0 +1,162 @@
+"""One folder end to end through a real ONNX Runtime session of a tiny contract model: good images written,
+every kind of bad file reported on one line, name clashes refused, folder problems fail before the model loads.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from app.config import InferenceConfig
+from app.errors import ModelError
+from app.pipeline import SetupError, run_folder
+from tests.onnx_models import contract_model, disc_image
+
+CFG = InferenceConfig(budget="none", threads=1, batch_size=2)
+SHAPE = (160, 200)
+CENTRES = [(40, 40), (40, 150), (115, 60), (120, 150)]  # four discs, well apart and off the border
+RADIUS = 14
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return contract_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+def _discs(value: int = 220) -> np.ndarray:
+    return disc_image(SHAPE, CENTRES, RADIUS, value=value)
+
+
+def _run(tmp_path: Path, model: Path, cfg: InferenceConfig = CFG, report: bool = True) -> tuple[int, list[str], Path]:
+    lines: list[str] = []
+    out = tmp_path / "out"
+    code = run_folder(tmp_path / "in", out, model, cfg, out / "report.csv" if report else None, echo=lines.append)
+    return code, lines, out
+
+
+def _report(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "report.csv", newline="") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle)}
+
+
+def _count(path: Path) -> int:
+    return len(np.unique(tifffile.imread(path))) - 1
+
+
+def test_good_images_of_every_layout_are_segmented(tmp_path: Path, model: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    gray = _discs()
+    iio.imwrite(src / "gray8.png", gray)
+    tifffile.imwrite(src / "rgb16.tif", np.stack([gray.astype(np.uint16) * 200] * 3, axis=2), photometric="rgb")
+    tifffile.imwrite(src / "chw.tiff", np.stack([gray] * 3), photometric="rgb", planarconfig="separate")
+    fluo = np.zeros((*SHAPE, 3), np.uint8)
+    fluo[..., 2] = gray
+    iio.imwrite(src / "fluo.bmp", fluo)
+    iio.imwrite(src / "empty.png", np.zeros(SHAPE, np.uint8))  # all zero: an empty label map, not a crash
+
+    code, lines, out = _run(tmp_path, model)
+
+    assert code == 0, lines
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "chw_label.tiff", "empty_label.tiff", "fluo_label.tiff", "gray8_label.tiff", "report.csv", "rgb16_label.tiff"
+    ]
+    for name in ["chw", "fluo", "gray8", "rgb16"]:
+        labels = tifffile.imread(out / f"{name}_label.tiff")
+        assert labels.shape == SHAPE and labels.dtype == np.uint16
+        assert _count(out / f"{name}_label.tiff") == len(CENTRES), name
+        assert labels[CENTRES[0]] != 0 and labels[0, 0] == 0
+    assert not tifffile.imread(out / "empty_label.tiff").any()
+    rows = _report(out)
+    assert rows["fluo.bmp"]["fluorescence"] == "True" and rows["fluo.bmp"]["scales"] == "1.5"
+    assert rows["gray8.png"]["fluorescence"] == "False" and rows["gray8.png"]["scales"] == "0.8/1/1.2"
+    for row in rows.values():
+        assert row["status"] == "ok" and float(row["seconds"]) > 0
+        assert float(row["tolerance_s"]) == 10.0
+        for stage in ["read_s", "normalise_s", "plan_s", "model_s", "postprocess_s", "write_s"]:
+            assert float(row[stage]) >= 0, stage
+    image_lines = [line for line in lines if "_label.tiff" in line]
+    assert len(image_lines) == 5 and all("tolerance 10.0 s" in line and "penalised" in line for line in image_lines)
+
+
+def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: Path, model: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    iio.imwrite(src / "good.png", _discs())
+    tifffile.imwrite(src / "good2.tif", _discs())
+    (src / "zero.png").write_bytes(b"")
+    full = iio.imwrite("<bytes>", _discs(), extension=".png")
+    (src / "truncated.png").write_bytes(full[: len(full) // 2])
+    (src / "corrupt.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    tifffile.imwrite(src / "shape.tif", np.zeros((20, 30, 6), np.uint8), photometric="minisblack", planarconfig="contig")
+    iio.imwrite(src / "huge.png", np.zeros((400, 500), np.uint8))
+    (src / "notes.txt").write_text("not an image")
+    iio.imwrite(src / ".hidden.png", _discs())
+    iio.imwrite(src / "good.bmp", _discs())  # same output name as good.png: an error, never an overwrite
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocked_label.tiff").mkdir()  # writing this output fails after segmentation
+    iio.imwrite(src / "blocked.png", _discs())
+
+    code, lines, out = _run(tmp_path, model, CFG.with_overrides(max_pixels=100_000))
+
+    assert code == 1
+    assert tifffile.imread(out / "good_label.tiff").shape == SHAPE
+    assert _count(out / "good_label.tiff") == len(CENTRES)
+    assert _count(out / "good2_label.tiff") == len(CENTRES)
+    expected = {
+        "zero.png": "empty file",
+        "truncated.png": "corrupt or truncated",
+        "corrupt.tif": "corrupt or truncated",
+        "shape.tif": "more than 4 channels",
+        "huge.png": "too many pixels",
+        "good.bmp": "already taken by good.png",
+        "blocked.png": "IsADirectoryError",
+        "notes.txt": "skipped notes.txt",
+        ".hidden.png": "skipped .hidden.png: hidden file",
+    }
+    for name, reason in expected.items():
+        hits = [line for line in lines if name in line and "\n" not in line]
+        assert len(hits) == 1, (name, lines)
+        assert reason in hits[0], (name, hits[0])
+    rows = _report(out)
+    assert {n for n, r in rows.items() if r["status"] == "error"} == {
+        "zero.png", "truncated.png", "corrupt.tif", "shape.tif", "huge.png", "good.bmp", "blocked.png"
+    }
+    assert rows["good.png"]["status"] == "ok" and rows["good2.tif"]["status"] == "ok"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert sorted(p.name for p in out.iterdir()) == ["blocked_label.tiff", "good2_label.tiff", "good_label.tiff", "report.csv"]
+
+
+def test_missing_input_folder_fails_before_the_model_loads(tmp_path: Path) -> None:
+    with pytest.raises(SetupError, match="input folder .* does not exist"):
+        run_folder(tmp_path / "nope", tmp_path / "out", tmp_path / "no_model.onnx", CFG, echo=print)
+
+
+def test_unwritable_output_folder_fails_at_once(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SetupError, match="output folder .* is not writable"):
+        run_folder(tmp_path / "in", tmp_path / "file", tmp_path / "no_model.onnx", CFG, echo=print)
+    with pytest.raises(SetupError, match="output folder .* is not writable"):
+        run_folder(tmp_path / "in", tmp_path / "file" / "sub", tmp_path / "no_model.onnx", CFG, echo=print)
+
+
+def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ModelError):
+        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG, echo=print)
+
+
+def test_empty_folder_is_not_an_error(tmp_path: Path, model: Path) -> None:
+    (tmp_path / "in").mkdir()
+    code, lines, out = _run(tmp_path, model)
+    assert code == 0
+    assert any("no images" in line for line in lines)
+    assert (out / "report.csv").read_text().startswith("image,output,status")

@@ -1,0 +1,128 @@
+"""Planner: the cost model, the plan ladder under shrinking budgets, and the three budget settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import InferenceConfig
+from app.plan import (
+    Costs,
+    Plan,
+    Planner,
+    candidate_plans,
+    choose_plan,
+    crop_shapes,
+    estimate_seconds,
+    modality_scales,
+    parse_budget,
+)
+from app.runner import ModelRunner
+from tests.onnx_models import contract_model
+
+CFG = InferenceConfig()
+# Fake timings: 0.1 s per model window, host work 0.5 s per megapixel all told.
+COSTS = Costs(window_seconds=0.1, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
+    """A real ONNX Runtime session of the tiny contract model (cheap to time)."""
+    return ModelRunner(contract_model(tmp_path_factory.mktemp("plan") / "m.onnx"), device="cpu", threads=1)
+
+
+def test_modality_scales_follow_mt2() -> None:
+    assert modality_scales(False, CFG) == (0.8, 1.0, 1.2)
+    assert modality_scales(True, CFG) == (1.5,)
+
+
+def test_estimate_counts_windows_and_host_work() -> None:
+    # 1024 x 1024 at scale 1, stride 256: 3 x 3 windows of 512; 1.048576 MP of host work.
+    est = estimate_seconds(1024, 1024, (1.0,), 256, COSTS)
+    assert est == pytest.approx(9 * 0.1 + 1.048576 * (0.1 + 0.2) + 1.048576 * 0.1)
+    assert estimate_seconds(1024, 1024, (1.0,), 512, COSTS) < est
+    assert estimate_seconds(1024, 1024, (0.8, 1.0, 1.2), 256, COSTS) > est
+
+
+def test_ladder_is_in_accuracy_order() -> None:
+    plans = candidate_plans(False, CFG)
+    assert plans[0][:2] == ((0.8, 1.0, 1.2), 256)
+    assert plans[1][:2] == ((1.0,), 256)
+    assert [p[1] for p in plans[1:4]] == [256, 384, 512]
+    assert plans[-1][0] == (0.5,)
+    fluo = candidate_plans(True, CFG)
+    assert fluo[0][:2] == ((1.5,), 256)
+    assert fluo[1][:2] == ((1.5,), 384)
+
+
+def test_full_plan_when_budget_is_ample() -> None:
+    plan = choose_plan(1000, 1000, False, CFG, COSTS, budget_seconds=1000.0)
+    assert (plan.scales, plan.stride) == ((0.8, 1.0, 1.2), 256)
+    assert "MT2 plan" in plan.reason
+
+
+def test_plans_get_cheaper_as_the_budget_shrinks() -> None:
+    h = w = 3000
+    seen = []
+    for budget in (1000.0, 60.0, 30.0, 20.0, 12.0, 6.0):
+        plan = choose_plan(h, w, False, CFG, COSTS, budget)
+        seen.append((plan.scales, plan.stride))
+        if "over budget" not in plan.reason:
+            est = estimate_seconds(h, w, plan.scales, plan.stride, COSTS)
+            assert est <= budget * CFG.budget_safety
+    assert seen[0] == ((0.8, 1.0, 1.2), 256)
+    assert ((1.0,), 256) in seen and ((1.0,), 512) in seen
+    costs = [estimate_seconds(h, w, s, st, COSTS) for s, st in seen]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_over_budget_returns_the_last_resort_and_says_so() -> None:
+    plan = choose_plan(3000, 3000, False, CFG, COSTS, budget_seconds=0.5)
+    assert plan == Plan((0.5,), 512, plan.reason)
+    assert plan.reason.startswith("over budget")
+    negative = choose_plan(3000, 3000, True, CFG, COSTS, budget_seconds=-3.0)
+    assert negative.scales == (0.5,) and "over budget" in negative.reason
+
+
+def test_whole_slide_estimate_pays_for_halos() -> None:
+    cfg = CFG.with_overrides(tile_threshold_pixels=1_000_000, tile_size=1000, tile_halo=100)
+    shapes = crop_shapes(3000, 3000, cfg)
+    assert len(shapes) == 9 and (1200, 1200) in shapes and (1100, 1100) in shapes
+    tiled = estimate_seconds(3000, 3000, (1.0,), 256, COSTS, shapes=shapes)
+    assert tiled > estimate_seconds(3000, 3000, (1.0,), 256, COSTS)
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget("auto") == "auto" and parse_budget("None") == "none" and parse_budget("45") == 45.0
+    for bad in ("soon", "-1", "0", "nan"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
+
+
+def test_planner_budget_none_is_always_the_full_plan_without_measuring(runner: ModelRunner) -> None:
+    planner = Planner(runner, CFG.with_overrides(budget="none"), startup_seconds=500.0)
+    assert planner.plan(10_000, 10_000, False).scales == (0.8, 1.0, 1.2)
+    fluo = planner.plan(800, 800, True)
+    assert (fluo.scales, fluo.stride) == ((1.5,), 256) and "budget none" in fluo.reason
+    assert planner._costs is None  # nothing was measured
+
+
+def test_planner_number_budget_uses_that_many_seconds(runner: ModelRunner) -> None:
+    planner = Planner(runner, CFG.with_overrides(budget="20"), startup_seconds=5.0)
+    planner._costs = COSTS  # fake timings instead of this machine's
+    assert planner.budget_seconds(3000, 3000) == 20.0
+    assert planner.plan(3000, 3000, False) == choose_plan(3000, 3000, False, CFG, COSTS, 20.0)
+
+
+def test_planner_auto_budget_is_tolerance_minus_startup_and_measurement(runner: ModelRunner) -> None:
+    cfg = CFG.with_overrides(budget="auto", batch_size=2, window=64)
+    planner = Planner(runner, cfg, startup_seconds=3.0)
+    budget = planner.budget_seconds(2000, 2000)
+    measured = planner.costs
+    assert 0.0 < measured.window_seconds < planner.measure_seconds < 5.0
+    assert budget == pytest.approx(40.0 - 3.0 - planner.measure_seconds)
+    planner.plan(2000, 2000, False)
+    assert planner.costs is measured  # measured once per run
+    # A start-up that eats the whole tolerance leaves a negative budget: the cheapest plan, flagged.
+    late = Planner(runner, cfg, startup_seconds=60.0)
+    late._costs, late.measure_seconds = COSTS, 0.0
+    assert late.plan(2000, 2000, False).reason.startswith("over budget")

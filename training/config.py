@@ -1,0 +1,314 @@
+"""Every tunable constant of training, named once, and the preset TOML files that set them.
+
+A `TrainConfig` is a tree of frozen dataclasses, one per stage (data, targets, augmentation, losses, Mean
+Teacher, optimiser, schedule, validation, runtime). Presets in ``training/presets/<name>.toml`` override the
+defaults section by section; unknown keys are refused so a typo never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from training.model import ModelConfig
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images train, which validate, and where preprocessed arrays are cached."""
+
+    # Validation images: a folder in the challenge layout (images/ + labels/), relative to the data folder;
+    # "" holds out `val_fraction` of the labelled images instead, chosen by `seed`.
+    val_dir: str = ""
+    val_fraction: float = 0.1
+    # Keep labels for only this fraction of the (non-validation) labelled images, chosen by `seed`; the rest
+    # join the unlabelled pool as images. 1.0 keeps every label.
+    labelled_fraction: float = 1.0
+    # Seed of the validation split and the labelled fraction (not of augmentation; see RuntimeConfig.seed).
+    seed: int = 0
+    # Where normalised images and targets are cached as .npy files; "" means RUN_DIR/cache.
+    cache_dir: str = ""
+    # Images above this many pixels are skipped with a message (the app's own limit by default).
+    max_pixels: int = 150_000_000
+    # Each labelled image is drawn this many times per epoch (lengthens epochs on tiny datasets).
+    repeats: int = 1
+    # DataLoader worker processes per rank; 0 loads in the training process.
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Per-instance target maps (paper section 2.2.1); see docs/TRAINING.md for the exact recipe."""
+
+    # Cell heatmap: pixels farther than r_i * cell_core from the instance boundary are set to 1.
+    cell_core: float = 0.2
+    # Gaussian kernel sizes as fractions of r_i (the instance's largest inner distance).
+    cell_kernel: float = 0.2
+    boundary_kernel: float = 0.1
+    # Width, in pixels, of the disk that dilates the inner boundary (class 2 and the boundary heatmap).
+    boundary_dilation: int = 1
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random views of labelled (strong) and unlabelled (weak and strong) crops."""
+
+    crop: int = 512
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flips: bool = True
+    rot90: bool = True
+    # Colour jitter: brightness and contrast factors drawn from [1 - x, 1 + x]; no hue or saturation.
+    brightness: float = 0.3
+    contrast: float = 0.3
+    # CutMix: probability that a crop gets a box pasted from another crop of the same batch.
+    cutmix_p: float = 0.5
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = CE + Dice (cls) + sum over cell, boundary of (1 - SSIM) + mse_weight * MSE, + consistency."""
+
+    mse_weight: float = 10.0
+    ssim_window: int = 11
+    dice_smooth: float = 1.0
+    # Weight of the consistency term on unlabelled crops (the paper adds it unweighted).
+    consistency_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Mean Teacher: supervised warm-up, then an EMA teacher gives consistency targets."""
+
+    # False trains supervised-only (the teacher never starts; unlabelled images are not read).
+    semi_supervised: bool = True
+    # Epochs of supervised warm-up; the teacher is copied from the student when they end.
+    warmup_epochs: int = 100
+    ema_decay: float = 0.995
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a lower encoder learning rate, cosine-annealed after every step."""
+
+    lr: float = 1e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-2
+    # The learning rate ends at min_lr_ratio * its initial value.
+    min_lr_ratio: float = 0.0
+    # Gradient norm clip; 0 disables.
+    grad_clip: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Budget: epochs of the labelled set, optionally capped by a number of optimiser steps."""
+
+    epochs: int = 500
+    # Stop after this many optimiser steps (0: no cap). The cosine schedule spans the capped length.
+    max_steps: int = 0
+    # Crops per optimiser step on each rank.
+    batch_size: int = 24
+    unlabelled_batch_size: int = 24
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Validation F1 through the app's own sliding windows, post-processing and metric."""
+
+    every_epochs: int = 10
+    scales: tuple[float, ...] = (1.0,)
+    # Sliding window and stride in pixels; 0 uses the training crop (window) and half of it (stride).
+    window: int = 0
+    stride: int = 0
+    batch_size: int = 4
+    # Validate at most this many images (0: all).
+    max_images: int = 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Device, threads, precision, logging and the augmentation seed."""
+
+    device: str = "auto"  # "auto" (CUDA when available), "cuda" or "cpu"
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    amp: bool = True  # mixed precision, used on CUDA only
+    seed: int = 0  # augmentation, sampling and initialisation
+    progress: bool = True  # tqdm bar with the loss terms
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The whole training configuration; stored as a plain dict in every checkpoint."""
+
+    preset: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+
+class ConfigError(ValueError):
+    """A preset or override names an unknown key or has a value of the wrong type."""
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    text = str(hint)
+    if text.startswith("tuple"):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item = float if "float" in text else int
+        return tuple(item(v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name}: expected a table")
+            values[name] = _build(hint, value, f"{where}.{name}")
+        else:
+            values[name] = _coerce(value, hint, f"{where}.{name}")
+    return cls(**values)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _nest(overrides: dict[str, Any]) -> dict[str, Any]:
+    """{"schedule.epochs": 3} or {"schedule": {"epochs": 3}} -> nested dict."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict):
+            node[parts[-1]] = _merge(node.get(parts[-1], {}), _nest(value))
+        else:
+            node[parts[-1]] = value
+    return nested
+
+
+def preset_path(path_or_name: str | Path) -> Path:
+    """A TOML path as given, or the bundled preset of that name (``cpu``, ``ship``, ``paper``)."""
+    path = Path(path_or_name)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path.name}: no such config file")
+        return path
+    bundled = PRESET_DIR / f"{path_or_name}.toml"
+    if not bundled.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.toml")))
+        raise ConfigError(f"{path_or_name}: not a config file or preset name (presets: {names})")
+    return bundled
+
+
+def load_config(path_or_preset_name: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the preset file, then `overrides` (dotted keys or nested dicts)."""
+    path = preset_path(path_or_preset_name)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path.name}: not valid TOML ({error})") from None
+    data.setdefault("preset", path.stem)
+    data = _merge(data, _nest(overrides or {}))
+    try:
+        return _build(TrainConfig, data, path.name)
+    except TypeError as error:  # a required field missing cannot happen; wrong nesting can
+        raise ConfigError(f"{path.name}: {error}") from None
+
+
+def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Copy of `cfg` with dotted-key overrides applied and type-checked."""
+    return TrainConfig.from_dict(_merge(cfg.to_dict(), _nest(overrides)))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` from the command line; the value is read as TOML (a bare word is a string)."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: overrides are written section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def config_fields(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf field as (dotted name, default), for documentation and tests."""
+    rows: list[tuple[str, Any]] = []
+    hints = get_type_hints(cls)
+    defaults = cls()
+    for f in fields(cls):
+        value = getattr(defaults, f.name)
+        if is_dataclass(hints[f.name]):
+            rows.extend(config_fields(hints[f.name], f"{prefix}{f.name}."))
+        else:
+            rows.append((f"{prefix}{f.name}", value))
+    return rows
+
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RuntimeConfig",
+    "ScheduleConfig",
+    "TargetConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "ValidationConfig",
+    "config_fields",
+    "load_config",
+    "parse_override",
+    "preset_path",
+    "replace",
+    "with_overrides",
+]

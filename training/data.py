@@ -1,0 +1,318 @@
+"""Challenge-layout datasets: finding pairs, checking them, splitting, caching and serving crops.
+
+Layout: ``DIR/images/<name>.<ext>``, ``DIR/labels/<name>_label.tiff``, ``DIR/unlabeled/**`` (any depth).
+Every image goes through the app's own reader and normaliser, so training sees exactly what inference sees.
+Each usable file is converted once into .npy arrays in a cache folder (normalised uint8 RGB image, float16
+targets (cls, cell, boundary), int32 labels) keyed by the source files' name, size and mtime and by the
+settings that shape them; crops are read from memory-mapped arrays, so large images cost no RAM.
+
+Bad inputs (an image without a label, a label of another size, an empty label, an unreadable file) are
+found here, before training starts, as one line ``"<file name>: <reason>"`` each; they are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from app.config import CHALLENGE, InferenceConfig
+from app.errors import InputError
+from training.augment import labelled_view, unlabelled_views
+from training.config import AugmentConfig, DataConfig, TargetConfig
+from training.targets import make_targets
+
+CACHE_VERSION = "1"
+IMAGES, LABELS, UNLABELLED = "images", "labels", "unlabeled"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One source image and, for labelled data, its label map."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Cached arrays of one usable sample."""
+
+    name: str
+    image: Path  # uint8 H×W×3 .npy
+    targets: Path | None = None  # float16 H×W×3 .npy: cls, cell, boundary
+    labels: Path | None = None  # int32 H×W .npy
+
+
+@dataclass
+class Split:
+    """Which samples train (labelled / unlabelled) and which validate, plus every problem found."""
+
+    labelled: list[Sample] = field(default_factory=list)
+    unlabelled: list[Sample] = field(default_factory=list)
+    validation: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def stem(path: Path) -> str:
+    """Image name up to its first dot, as the challenge names label files."""
+    return path.name.split(".", 1)[0]
+
+
+def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in folder.glob(pattern)
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CHALLENGE.image_extensions
+    )
+
+
+def scan_pairs(folder: Path) -> tuple[list[Sample], list[str]]:
+    """Labelled samples of ``folder/images`` + ``folder/labels``; images without a label become problems."""
+    images_dir, labels_dir = folder / IMAGES, folder / LABELS
+    if not images_dir.is_dir():
+        return [], [f"{folder.name}: no {IMAGES}/ folder"]
+    samples: list[Sample] = []
+    problems: list[str] = []
+    for image in _image_files(images_dir):
+        label = labels_dir / f"{stem(image)}{CHALLENGE.output_suffix}"
+        if label.is_file():
+            samples.append(Sample(stem(image), image, label))
+        else:
+            problems.append(f"{image.name}: no label file {label.name}")
+    return samples, problems
+
+
+def scan_unlabelled(folder: Path) -> list[Sample]:
+    """Every image under ``folder/unlabeled`` at any depth."""
+    root = folder / UNLABELLED
+    if not root.is_dir():
+        return []
+    return [Sample(str(p.relative_to(root).with_suffix("")).replace(os.sep, "__"), p) for p in _image_files(root, True)]
+
+
+def split_dataset(data_dir: Path, cfg: DataConfig) -> Split:
+    """Validation split (folder or seeded fraction) and labelled fraction (the rest become unlabelled)."""
+    labelled, problems = scan_pairs(data_dir)
+    split = Split(problems=problems, unlabelled=scan_unlabelled(data_dir))
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.val_dir:
+        val_folder = Path(cfg.val_dir) if Path(cfg.val_dir).is_absolute() else data_dir / cfg.val_dir
+        split.validation, val_problems = scan_pairs(val_folder)
+        split.problems.extend(val_problems)
+    elif cfg.val_fraction > 0 and len(labelled) >= 2:
+        n_val = min(max(1, round(cfg.val_fraction * len(labelled))), len(labelled) - 1)
+        order = rng.permutation(len(labelled))
+        split.validation = [labelled[i] for i in sorted(order[:n_val])]
+        labelled = [labelled[i] for i in sorted(order[n_val:])]
+    if cfg.labelled_fraction < 1.0 and labelled:
+        n_keep = max(1, round(cfg.labelled_fraction * len(labelled)))
+        keep = set(rng.permutation(len(labelled))[:n_keep].tolist())
+        split.unlabelled = [Sample(s.name, s.image) for i, s in enumerate(labelled) if i not in keep] + split.unlabelled
+        labelled = [s for i, s in enumerate(labelled) if i in keep]
+    split.labelled = labelled
+    return split
+
+
+def _key(paths: list[Path], settings: str) -> str:
+    digest = hashlib.sha1(f"{CACHE_VERSION}|{settings}".encode())
+    for path in paths:
+        st = path.stat()
+        digest.update(f"|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file and os.replace, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_rgb(path: Path, max_pixels: int, norm: InferenceConfig) -> np.ndarray:
+    """The app's reader and normaliser: any supported file -> uint8 H×W×3."""
+    from app.normalize import normalize, to_rgb
+    from app.reader import read_image
+
+    return normalize(to_rgb(read_image(path, max_pixels)), norm)
+
+
+def load_labels(path: Path) -> np.ndarray:
+    """A label map through the app's metric reader, as int32 (raises InputError with the file name)."""
+    from app.metric import read_labels
+
+    labels = read_labels(path)
+    if labels.size and int(labels.max()) > np.iinfo(np.int32).max:
+        raise InputError(path, "label values exceed int32")
+    return labels.astype(np.int32, copy=False)
+
+
+def prepare_sample(
+    sample: Sample, cache: Path, data: DataConfig, targets: TargetConfig, norm: InferenceConfig, want_labels: bool
+) -> Prepared:
+    """Cached arrays of one sample, computing what is missing; raises InputError for a bad file."""
+    settings = f"{data.max_pixels}|{norm.norm_low_percentile}|{norm.norm_high_percentile}|{targets}"
+    sources = [sample.image] + ([sample.label] if sample.label else [])
+    key = _key(sources, settings)
+    image_npy = cache / IMAGES / f"{sample.name}-{key}.npy"
+    targets_npy = cache / "targets" / f"{sample.name}-{key}.npy" if sample.label else None
+    labels_npy = cache / LABELS / f"{sample.name}-{key}.npy" if sample.label and want_labels else None
+    wanted = [p for p in (image_npy, targets_npy, labels_npy) if p is not None]
+    if all(p.is_file() for p in wanted):
+        return Prepared(sample.name, image_npy, targets_npy, labels_npy)
+    rgb = load_rgb(sample.image, data.max_pixels, norm)
+    if sample.label is not None:
+        labels = load_labels(sample.label)
+        if labels.shape != rgb.shape[:2]:
+            raise InputError(
+                sample.label, f"label is {labels.shape[0]}×{labels.shape[1]} but its image is {rgb.shape[0]}×{rgb.shape[1]}"
+            )
+        if not labels.any():
+            raise InputError(sample.label, "label map has no cells")
+        cls, cell, boundary = make_targets(labels, targets)
+        save_array(targets_npy, np.stack([cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)], -1))
+        if labels_npy is not None:
+            save_array(labels_npy, labels)
+    save_array(image_npy, rgb)
+    return Prepared(sample.name, image_npy, targets_npy, labels_npy)
+
+
+def prepare_all(
+    samples: list[Sample],
+    cache: Path,
+    data: DataConfig,
+    targets: TargetConfig,
+    norm: InferenceConfig,
+    want_labels: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> tuple[list[Prepared], list[str]]:
+    """Prepare every sample; a bad one is reported (one line naming the file), skipped and listed."""
+    prepared: list[Prepared] = []
+    problems: list[str] = []
+    for sample in samples:
+        try:
+            prepared.append(prepare_sample(sample, cache, data, targets, norm, want_labels))
+        except InputError as error:
+            problems.append(str(error))
+            if report:
+                report(str(error))
+    return prepared, problems
+
+
+def open_array(path: Path) -> np.ndarray:
+    """A cached array, memory-mapped read-only."""
+    return np.load(path, mmap_mode="r")
+
+
+def item_rng(seed: int, stream: int, epoch: int, position: int) -> np.random.Generator:
+    """Augmentation randomness of one draw, fixed by where it sits in the run (resumable, worker-independent)."""
+    return np.random.default_rng([seed, stream, epoch, position])
+
+
+Key = tuple[int, int, int]  # sample index, epoch, position in the epoch
+
+
+class LabelledCrops(Dataset):
+    """Labelled crops: image, cls, cell, boundary of one random view of one sample."""
+
+    def __init__(self, samples: list[Prepared], cfg: AugmentConfig, seed: int) -> None:
+        self.samples, self.cfg, self.seed = samples, cfg, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        index, epoch, position = key
+        sample = self.samples[index]
+        rng = item_rng(self.seed, 0, epoch, position)
+        image, cls, cell, boundary = labelled_view(open_array(sample.image), open_array(sample.targets), rng, self.cfg)
+        return {"image": image, "cls": cls, "cell": cell, "boundary": boundary}
+
+
+class UnlabelledCrops(Dataset):
+    """Unlabelled crops: the weak and strong views of the same pixels."""
+
+    def __init__(self, samples: list[Prepared], cfg: AugmentConfig, seed: int) -> None:
+        self.samples, self.cfg, self.seed = samples, cfg, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
+        index, epoch, position = key
+        rng = item_rng(self.seed, 1, epoch, position)
+        weak, strong = unlabelled_views(open_array(self.samples[index].image), rng, self.cfg)
+        return {"weak": weak, "strong": strong}
+
+
+def epoch_order(n_items: int, count: int, seed: int, stream: int, epoch: int) -> np.ndarray:
+    """`count` sample indices for one epoch: shuffled passes over all items, repeated as needed."""
+    rng = np.random.default_rng([seed, stream, epoch, 7])
+    passes = math.ceil(count / n_items)
+    return np.concatenate([rng.permutation(n_items) for _ in range(passes)])[:count]
+
+
+class EpochSampler(Sampler):
+    """This rank's share of one epoch's draws, as (index, epoch, position) keys.
+
+    All ranks compute the same global order from the seed and each takes every world-th draw, like
+    DistributedSampler, but the order is a pure function of (seed, epoch), so a resumed run repeats it.
+    """
+
+    def __init__(
+        self, n_items: int, batch: int, steps: int, epoch: int, seed: int, stream: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.n_items, self.batch, self.steps = n_items, batch, steps
+        self.epoch, self.seed, self.stream, self.rank, self.world = epoch, seed, stream, rank, world
+
+    def __len__(self) -> int:
+        return self.steps * self.batch
+
+    def __iter__(self) -> Iterator[Key]:
+        total = self.steps * self.batch * self.world
+        order = epoch_order(self.n_items, total, self.seed, self.stream, self.epoch)
+        for position in range(self.rank, total, self.world):
+            yield int(order[position]), self.epoch, position
+
+
+def steps_per_epoch(n_labelled: int, repeats: int, batch: int, world: int) -> int:
+    """Optimiser steps in one epoch: each labelled image drawn `repeats` times (at least one step)."""
+    return max(1, math.ceil(n_labelled * repeats / (batch * world)))
+
+
+__all__ = [
+    "EpochSampler",
+    "LabelledCrops",
+    "Prepared",
+    "Sample",
+    "Split",
+    "UnlabelledCrops",
+    "epoch_order",
+    "load_labels",
+    "load_rgb",
+    "open_array",
+    "prepare_all",
+    "prepare_sample",
+    "save_array",
+    "scan_pairs",
+    "scan_unlabelled",
+    "split_dataset",
+    "stem",
+    "steps_per_epoch",
+]

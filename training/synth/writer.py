@@ -1,0 +1,60 @@
+"""Files of the challenge layout: images in any supported format, zlib TIFF label maps, and meta.csv.
+
+Writers are byte-deterministic (no timestamps), so one seed always gives the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from training.synth.formats import JPEG_QUALITY, StorageFormat
+
+LABEL_SUFFIX = "_label.tiff"
+META_COLUMNS = ("name", "split", "modality", "style", "height", "width", "file", "format", "cells")
+
+
+def write_image(path: Path, image: np.ndarray, fmt: StorageFormat, jpeg_quality: int = JPEG_QUALITY[1]) -> None:
+    """Write an already quantised image (`formats.quantise`) in the format's container."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt.ext in (".tif", ".tiff"):
+        if fmt.layout == "gray":
+            tifffile.imwrite(path, image, photometric="minisblack")
+        elif fmt.layout == "chw":
+            tifffile.imwrite(path, image, photometric="rgb", planarconfig="separate")
+        else:
+            tifffile.imwrite(path, image, photometric="rgb")
+    elif fmt.ext in (".jpg", ".jpeg"):
+        iio.imwrite(path, image, extension=fmt.ext, quality=int(jpeg_quality))
+    else:
+        iio.imwrite(path, image, extension=fmt.ext)
+
+
+def write_labels(path: Path, labels: np.ndarray) -> None:
+    """Instance map as a zlib-compressed TIFF: uint16 when the ids fit, int32 otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if int(labels.max(initial=0)) < 65536 else np.int32
+    tifffile.imwrite(path, labels.astype(dtype), photometric="minisblack", compression="zlib")
+
+
+def write_meta(path: Path, rows: list[dict]) -> None:
+    """meta.csv with one row per image (columns `META_COLUMNS`)."""
+    with open(path, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=META_COLUMNS)
+        out.writeheader()
+        for row in rows:
+            out.writerow({k: row[k] for k in META_COLUMNS})
+
+
+def read_meta(path: Path) -> list[dict]:
+    """Rows of a meta.csv, with height, width and cells as ints."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key in ("height", "width", "cells"):
+            row[key] = int(row[key])
+    return rows

@@ -1,0 +1,556 @@
+"""The MT2 training loop: supervised warm-up, then Mean Teacher; validation, checkpoints, resume, DDP.
+
+One optimiser step takes a batch of labelled crops (strong views, CutMix on images and targets) and, once
+the teacher exists, a batch of unlabelled crops: the teacher predicts the weak views, the student the
+strong views (CutMix applied to the strong views and, with the same boxes, to the teacher's maps). Both
+batches go through the student in one forward pass; the consistency loss sees only the unlabelled rows.
+
+Every random choice is a pure function of (seed, epoch, position) or (seed, step), so a run resumed from
+its end-of-epoch checkpoint repeats exactly the steps an uninterrupted run would take. Under torchrun each
+rank trains on its own share of every epoch; all ranks keep an identical teacher (the EMA of identical,
+all-reduced student weights), while validation, logs and checkpoints happen on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from app.config import InferenceConfig
+from training.augment import apply_cutmix, cutmix_boxes
+from training.config import TrainConfig
+from training.data import (
+    EpochSampler,
+    LabelledCrops,
+    Prepared,
+    UnlabelledCrops,
+    open_array,
+    prepare_all,
+    split_dataset,
+    steps_per_epoch,
+)
+from training.losses import total_loss
+from training.mean_teacher import ema_update, make_teacher, teacher_probabilities
+from training.model import MT2Net
+from training.torch_runner import TorchRunner
+
+LAST, BEST, LOG = "last.pt", "best.pt", "log.csv"
+LOSS_TERMS = ("total", "cls", "cell", "boundary", "consistency")
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a (possibly single-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> tuple[Dist, bool]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, Gloo on CPU).
+
+    Returns the placement and whether this call created the group (and so must destroy it).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), False
+    place = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if dist.is_initialized():
+        return place, False
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    # Data preparation on rank 0 may take long on the full challenge set; the others wait at a barrier.
+    dist.init_process_group(backend, timeout=timedelta(hours=3))
+    return place, True
+
+
+def select_device(kind: str, place: Dist) -> torch.device:
+    """"auto" picks CUDA when present; under DDP each rank takes its local GPU."""
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("runtime.device is cuda but no CUDA device is available")
+        torch.cuda.set_device(place.local_rank)
+        return torch.device("cuda", place.local_rank)
+    return torch.device("cpu")
+
+
+def barrier(place: Dist) -> None:
+    if place.world > 1:
+        dist.barrier()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def load_encoder_weights(net: MT2Net, path: Path) -> int:
+    """Copy a torchvision-style state dict (e.g. ImageNet ResNet) into the encoder; returns tensors loaded.
+
+    Keys the encoder lacks (the classifier) are ignored; a file that matches no encoder tensor is refused.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = net.encoder.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if not usable:
+        raise ValueError(f"{Path(path).name}: no tensor matches the {net.config.encoder} encoder")
+    net.encoder.load_state_dict(usable, strict=False)
+    return len(usable)
+
+
+def build_optimizer(net: MT2Net, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with the encoder at `encoder_lr` and the decoder and heads at `lr`."""
+    encoder = [p for p in net.encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    return torch.optim.AdamW(
+        [{"params": encoder, "lr": cfg.optim.encoder_lr}, {"params": rest, "lr": cfg.optim.lr}],
+        weight_decay=cfg.optim.weight_decay,
+    )
+
+
+def cosine_factor(step: int, total: int, min_ratio: float) -> float:
+    """Cosine annealing from 1 to `min_ratio` over `total` steps, as a learning-rate multiplier."""
+    progress = min(step, total) / max(total, 1)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def validation_config(cfg: TrainConfig) -> InferenceConfig:
+    """The app's InferenceConfig for validation: configured scales, window = crop unless set."""
+    window = cfg.validation.window or cfg.augment.crop
+    stride = cfg.validation.stride or max(window // 2, 1)
+    return InferenceConfig(scales=cfg.validation.scales, window=window, stride=stride, batch_size=cfg.validation.batch_size)
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save through a temporary file and os.replace: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by `save_checkpoint` (holds RNG states, hence weights_only=False)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.name}: no checkpoint in {path.parent.name}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: torch.device) -> float:
+    """Mean F1 over validation images through the app's sliding windows, post-processing and metric."""
+    from app.infer import predict_maps
+    from app.metric import image_scores
+    from app.postprocess import instance_map
+
+    icfg = validation_config(cfg)
+    runner = TorchRunner(unwrap(net), device, amp=cfg.runtime.amp)
+    limit = cfg.validation.max_images or len(samples)
+    f1s = []
+    for sample in samples[:limit]:
+        image = np.asarray(open_array(sample.image))
+        gt = np.asarray(open_array(sample.labels))
+        cell, boundary = predict_maps(image, runner, icfg.scales, icfg, icfg.stride)
+        f1s.append(image_scores(gt, instance_map(cell, boundary, icfg)).f1)
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ step
+
+
+def train_step(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    labelled: dict[str, torch.Tensor],
+    unlabelled: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    step: int,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimiser step (and EMA update when the teacher exists); returns the loss terms as floats."""
+    rng = np.random.default_rng([cfg.runtime.seed, 2, step])
+    crop = labelled["image"].shape[-1]
+    boxes = cutmix_boxes(rng, labelled["image"].shape[0], crop, cfg.augment.cutmix_p)
+    images = apply_cutmix(labelled["image"], boxes).to(device, non_blocking=True)
+    cls = apply_cutmix(labelled["cls"], boxes).to(device, non_blocking=True)
+    cell = apply_cutmix(labelled["cell"], boxes).to(device, non_blocking=True)
+    boundary = apply_cutmix(labelled["boundary"], boxes).to(device, non_blocking=True)
+    n_labelled = images.shape[0]
+    amp = scaler.is_enabled()
+    teacher_maps = None
+    if teacher is not None and unlabelled is not None:
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            teacher_maps = teacher_probabilities(teacher, unlabelled["weak"].to(device, non_blocking=True))
+        u_boxes = cutmix_boxes(rng, unlabelled["strong"].shape[0], crop, cfg.augment.cutmix_p)
+        strong = apply_cutmix(unlabelled["strong"], u_boxes).to(device, non_blocking=True)
+        teacher_maps = {k: apply_cutmix(v, u_boxes) for k, v in teacher_maps.items()}
+        images = torch.cat([images, strong])
+    student.train()
+    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        outputs = student(images)
+    terms = total_loss(outputs, n_labelled, cls, cell, boundary, teacher_maps, cfg.loss)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["total"]).backward()
+    if cfg.optim.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    if teacher is not None:
+        ema_update(teacher, unwrap(student), cfg.teacher.ema_decay)
+    return {name: float(terms[name].detach()) for name in LOSS_TERMS}
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+class CsvLog:
+    """One row per epoch in RUN_DIR/log.csv (appended on resume), mirrored to TensorBoard when installed."""
+
+    FIELDS = ("epoch", "step", "lr", "seconds", "sec_per_step") + tuple(f"loss_{t}" for t in LOSS_TERMS) + (
+        "val_f1",
+        "teacher",
+    )
+
+    def __init__(self, out_dir: Path, tensorboard: bool) -> None:
+        self.path = out_dir / LOG
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+            except ImportError:
+                self.writer = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in self.FIELDS})
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step") and not math.isnan(value):
+                    self.writer.add_scalar(key, value, row["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+@dataclass
+class Datasets:
+    labelled: list[Prepared]
+    unlabelled: list[Prepared]
+    validation: list[Prepared]
+    problems: list[str]
+
+    def summary(self, data_dir: Path, seed: int) -> dict[str, Any]:
+        return {
+            "dir": data_dir.name,
+            "labelled": len(self.labelled),
+            "unlabelled": len(self.unlabelled),
+            "validation": len(self.validation),
+            "seed": seed,
+            "skipped": list(self.problems),
+        }
+
+
+def prepare_data(cfg: TrainConfig, data_dir: Path, cache: Path, place: Dist, log: Log) -> Datasets:
+    """Split, check and cache every file before training starts; rank 0 works, the others reuse its cache."""
+    split = split_dataset(data_dir, cfg.data)
+    norm = InferenceConfig()
+    report = log if place.main else None
+    if report:
+        for problem in split.problems:
+            report(problem)
+    use_unlabelled = cfg.teacher.semi_supervised
+    result: Datasets | None = None
+    for turn in ("main", "others"):
+        if (turn == "main") == place.main:
+            labelled, p1 = prepare_all(split.labelled, cache, cfg.data, cfg.targets, norm, False, report)
+            validation, p2 = prepare_all(split.validation, cache, cfg.data, cfg.targets, norm, True, report)
+            unlabelled, p3 = (
+                prepare_all(split.unlabelled, cache, cfg.data, cfg.targets, norm, False, report)
+                if use_unlabelled
+                else ([], [])
+            )
+            result = Datasets(labelled, unlabelled, validation, split.problems + p1 + p2 + p3)
+        barrier(place)
+    assert result is not None
+    if not result.labelled:
+        raise ValueError(f"{data_dir.name}: no usable labelled image (images/ + labels/)")
+    return result
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    encoder_weights: Path | None = None,
+    log: Log = _stderr,
+) -> Path:
+    """Train per `cfg` on the challenge-layout `data_dir`, writing RUN_DIR files; returns the best checkpoint.
+
+    With `resume`, continues from ``out_dir/last.pt`` (the checkpoint's own config wins for the model).
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    device_kind = "cuda" if cfg.runtime.device == "auto" and torch.cuda.is_available() else cfg.runtime.device
+    place, owns_group = init_distributed("cuda" if device_kind == "cuda" else "cpu")
+    log = log if place.main else (lambda message: None)
+    try:
+        return _train(cfg, data_dir, out_dir, resume, encoder_weights, place, log)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig, data_dir: Path, out_dir: Path, resume: bool, encoder_weights: Path | None, place: Dist, log: Log
+) -> Path:
+    if cfg.runtime.threads > 0:
+        torch.set_num_threads(cfg.runtime.threads)
+    device = select_device(cfg.runtime.device, place)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = load_checkpoint(out_dir / LAST) if resume else None
+    if checkpoint is not None:
+        cfg = TrainConfig.from_dict({**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)})
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
+    data = prepare_data(cfg, data_dir, cache, place, log)
+    log(
+        f"data: {len(data.labelled)} labelled, {len(data.unlabelled)} unlabelled, {len(data.validation)} validation"
+        f" image(s); {len(data.problems)} skipped"
+    )
+
+    torch.manual_seed(cfg.runtime.seed)
+    net = MT2Net(cfg.model).to(device)
+    if checkpoint is None:
+        if encoder_weights is not None:
+            count = load_encoder_weights(net, Path(encoder_weights))
+            log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
+        else:
+            warnings.warn("no --encoder-weights given: the encoder starts from random weights", stacklevel=2)
+            log("warning: no --encoder-weights given: the encoder starts from random weights")
+    student: nn.Module = net
+    if place.world > 1:
+        student = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(net, cfg)
+    steps = steps_per_epoch(len(data.labelled), cfg.data.repeats, cfg.schedule.batch_size, place.world)
+    total_steps = steps * cfg.schedule.epochs
+    if cfg.schedule.max_steps > 0:
+        total_steps = min(total_steps, cfg.schedule.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_factor(s, total_steps, cfg.optim.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.runtime.amp and device.type == "cuda")
+    teacher: nn.Module | None = None
+    epoch, step, best_f1 = 0, 0, -1.0
+    if checkpoint is not None:
+        net.load_state_dict(checkpoint["student"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["teacher"] is not None:
+            teacher = make_teacher(net)
+            teacher.load_state_dict(checkpoint["teacher"])
+        epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+        best_f1 = float(checkpoint["metrics"].get("best_val_f1", -1.0))
+        set_rng_state(checkpoint["rng"])
+        log(f"resumed from {LAST} at epoch {epoch}, step {step}")
+
+    csv_log = CsvLog(out_dir, cfg.runtime.tensorboard) if place.main else None
+    metrics: dict[str, Any] = {"val_f1": None, "best_val_f1": best_f1 if best_f1 >= 0 else None}
+
+    def payload(epoch_done: int) -> dict[str, Any]:
+        return {
+            "student": net.state_dict(),
+            "teacher": teacher.state_dict() if teacher is not None else None,
+            "model_config": asdict(cfg.model),
+            "preset": cfg.preset,
+            "config": cfg.to_dict(),
+            "epoch": epoch_done,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "metrics": dict(metrics),
+            "data": data.summary(data_dir, cfg.data.seed),
+        }
+
+    if checkpoint is None and place.main and data.validation and cfg.validation.every_epochs > 0:
+        start_f1 = validate(net, data.validation, cfg, device)
+        log(f"validation F1 before training: {start_f1:.4f}")
+        csv_log.write({"epoch": 0, "step": 0, "val_f1": start_f1, "teacher": 0})
+    barrier(place)
+
+    labelled_set = LabelledCrops(data.labelled, cfg.augment, cfg.runtime.seed)
+    unlabelled_set = UnlabelledCrops(data.unlabelled, cfg.augment, cfg.runtime.seed)
+    semi = cfg.teacher.semi_supervised and len(data.unlabelled) > 0
+    if cfg.teacher.semi_supervised and not data.unlabelled:
+        log("warning: semi_supervised is on but there are no unlabelled images; training supervised only")
+    best_path = out_dir / BEST
+    while epoch < cfg.schedule.epochs and step < total_steps:
+        if semi and teacher is None and epoch >= cfg.teacher.warmup_epochs:
+            teacher = make_teacher(net)
+            log(f"epoch {epoch}: warm-up over, teacher copied from the student")
+        epoch_steps = min(steps, total_steps - step)
+        labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place)
+        unlabelled_iter = (
+            iter(_loader(unlabelled_set, cfg, steps, epoch, 1, cfg.schedule.unlabelled_batch_size, place))
+            if teacher is not None
+            else None
+        )
+        sums = {name: 0.0 for name in LOSS_TERMS}
+        done = 0
+        started = time.perf_counter()
+        from tqdm import tqdm
+
+        bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+                   disable=not (cfg.runtime.progress and place.main), file=sys.stderr)
+        for batch in labelled_loader:
+            if done >= epoch_steps:
+                break
+            unlabelled = next(unlabelled_iter) if unlabelled_iter is not None else None
+            terms = train_step(student, teacher, batch, unlabelled, optimizer, scheduler, scaler, cfg, step, device)
+            step += 1
+            done += 1
+            for name in LOSS_TERMS:
+                sums[name] += terms[name]
+            bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - started
+        epoch += 1
+        last_epoch = epoch >= cfg.schedule.epochs or step >= total_steps
+        metrics["val_f1"] = None
+        if place.main:
+            every = cfg.validation.every_epochs
+            if data.validation and every > 0 and (epoch % every == 0 or last_epoch):
+                f1 = validate(teacher if teacher is not None else net, data.validation, cfg, device)
+                metrics["val_f1"] = f1
+                improved = metrics["best_val_f1"] is None or f1 > metrics["best_val_f1"]
+                if improved:
+                    metrics["best_val_f1"] = f1
+            else:
+                improved = not data.validation
+            row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[-1], "seconds": round(seconds, 3),
+                   "sec_per_step": round(seconds / max(done, 1), 4), "teacher": int(teacher is not None),
+                   "val_f1": metrics["val_f1"] if metrics["val_f1"] is not None else ""}
+            row.update({f"loss_{k}": v / max(done, 1) for k, v in sums.items()})
+            csv_log.write(row)
+            state = payload(epoch)
+            save_checkpoint(out_dir / LAST, state)
+            if improved or not best_path.exists():
+                save_checkpoint(best_path, state)
+            val_text = f", val F1 {metrics['val_f1']:.4f}" if metrics["val_f1"] is not None else ""
+            log(f"epoch {epoch}: step {step}, loss {row['loss_total']:.4f}, {row['sec_per_step']:.3f} s/step{val_text}")
+        barrier(place)
+    if csv_log is not None:
+        csv_log.close()
+    if data.problems:
+        log(f"skipped {len(data.problems)} file(s):")
+        for problem in data.problems:
+            log(f"  {problem}")
+    return best_path
+
+
+def _loader(dataset, cfg: TrainConfig, steps: int, epoch: int, stream: int, batch: int, place: Dist) -> DataLoader:
+    sampler = EpochSampler(len(dataset), batch, steps, epoch, cfg.runtime.seed, stream, place.rank, place.world)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+__all__ = [
+    "BEST",
+    "LAST",
+    "LOG",
+    "CsvLog",
+    "Dist",
+    "build_optimizer",
+    "cosine_factor",
+    "init_distributed",
+    "load_checkpoint",
+    "load_encoder_weights",
+    "save_checkpoint",
+    "select_device",
+    "train",
+    "train_step",
+    "validate",
+    "validation_config",
+]
