@@ -59,7 +59,7 @@ def config_options(command):  # type: ignore[no-untyped-def]
             field.name,
             type=kind,
             default=None,
-            help=f"[default: {_shown(default)}]",
+            help=f"{field.metadata.get('help', '')} [default: {_shown(default)}]".strip(),
         )(command)
     return command
 

@@ -51,7 +51,7 @@ class Costs:
 
 # Host-side throughputs measured with `python3 benchmarks/speed.py` on the 2-core reference machine
 # (docs/SPEED.md); the model's throughput is always measured on the device at run time instead.
-HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.08, post_seconds_per_mp=0.35, io_seconds_per_mp=0.10)
+HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.15, post_seconds_per_mp=0.10, io_seconds_per_mp=0.20)
 
 
 @dataclass(frozen=True)
@@ -173,26 +173,27 @@ def choose_plan(
     budget_seconds: float,
     ladder: PlanLadder = LADDER,
 ) -> Plan:
-    """The most accurate plan whose estimate fits `budget_seconds * cfg.budget_safety`, else the cheapest."""
+    """The most accurate plan whose estimate fits `budget_seconds * cfg.budget_safety`.
+
+    When none fits, the plan with the lowest estimate, and of equally cheap plans the most accurate: on a small
+    image a lower scale needs no fewer windows (one padded window either way), so it would lose accuracy for
+    nothing.
+    """
     limit = budget_seconds * cfg.budget_safety
     shapes = crop_shapes(h, w, cfg)
     candidates = candidate_plans(fluorescence, cfg, ladder)
-    for scales, stride, label in candidates:
-        est = estimate_seconds(h, w, scales, stride, costs, window=cfg.window, shapes=shapes)
+    estimates = [estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes) for sc, st, _ in candidates]
+    margin = f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget"
+    for (scales, stride, label), est in zip(candidates, estimates):
         if est <= limit:
-            return Plan(
-                scales,
-                stride,
-                f"{label}: {describe(scales, stride)}, estimated {est:.1f} s within "
-                f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget",
-            )
-    scales, stride, label = candidates[-1]
-    est = estimate_seconds(h, w, scales, stride, costs, window=cfg.window, shapes=shapes)
+            return Plan(scales, stride, f"{label}: {describe(scales, stride)}, estimated {est:.1f} s within {margin}")
+    cheapest = min(range(len(candidates)), key=lambda i: (estimates[i], i))
+    scales, stride, _ = candidates[cheapest]
     return Plan(
         scales,
         stride,
-        f"over budget, cheapest plan: {describe(scales, stride)}, estimated {est:.1f} s against "
-        f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget",
+        f"over budget, cheapest plan: {describe(scales, stride)}, estimated {estimates[cheapest]:.1f} s against "
+        f"{margin}",
     )
 
 
@@ -210,15 +211,40 @@ def parse_budget(value: str) -> float | str:
     return seconds
 
 
-def measure_window_seconds(runner: Runner, cfg: InferenceConfig, seed: int = 0) -> tuple[float, float]:
-    """(model seconds per window, seconds the measurement took): one warm-up batch, then one timed batch."""
+@dataclass(frozen=True)
+class Probe:
+    """How the planner times the model before the first image.
+
+    On the CPU a convolutional network's time grows with the pixel count even for small inputs (about 1.0-1.1 s
+    per 512 x 512 window at 128, 256 and 512 pixel sides with the shipped architecture on the 2-core reference
+    machine), so a few calls on one small window give the per-window time for a fraction of a second. On a GPU
+    small inputs underuse the device, so it is timed on a real batch after one warm-up, which the real run
+    would pay anyway.
+    """
+
+    cpu_side: int = 128
+    cpu_calls: int = 3  # the first is a warm-up; the slower of the others is kept (conservative)
+    gpu_calls: int = 2
+
+
+PROBE = Probe()
+
+
+def measure_window_seconds(runner: Runner, cfg: InferenceConfig, probe: Probe = PROBE) -> tuple[float, float]:
+    """(model seconds per cfg.window window, seconds the measurement took)."""
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    batch = rng.random((cfg.batch_size, 3, cfg.window, cfg.window), dtype=np.float32)
-    runner.run(batch)
-    t0 = time.perf_counter()
-    runner.run(batch)
-    per_window = (time.perf_counter() - t0) / cfg.batch_size
+    on_cpu = getattr(runner, "provider", "CPUExecutionProvider") == "CPUExecutionProvider"
+    fixed = getattr(runner, "input_hw", None)
+    side = min(probe.cpu_side, cfg.window) if on_cpu and fixed is None else cfg.window
+    count = 1 if on_cpu else cfg.batch_size
+    calls = probe.cpu_calls if on_cpu else probe.gpu_calls
+    batch = np.random.default_rng(0).random((count, 3, side, side), dtype=np.float32)
+    times = []
+    for _ in range(max(2, calls)):
+        t0 = time.perf_counter()
+        runner.run(batch)
+        times.append(time.perf_counter() - t0)
+    per_window = max(times[1:]) / count * (cfg.window / side) ** 2
     return per_window, time.perf_counter() - start
 
 

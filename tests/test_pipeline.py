@@ -25,7 +25,8 @@ RADIUS = 14
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return contract_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+    # level 0.2: a disc in one channel of three (fluorescence) still reads as bright to the gray-mean model.
+    return contract_model(tmp_path_factory.mktemp("model") / "tiny.onnx", level=0.2)
 
 
 def _discs(value: int = 220) -> np.ndarray:
@@ -98,7 +99,7 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
     iio.imwrite(src / "huge.png", np.zeros((400, 500), np.uint8))
     (src / "notes.txt").write_text("not an image")
     iio.imwrite(src / ".hidden.png", _discs())
-    iio.imwrite(src / "good.bmp", _discs())  # same output name as good.png: an error, never an overwrite
+    tifffile.imwrite(src / "good.tiff", _discs())  # same output name as good.png: an error, never an overwrite
     out = tmp_path / "out"
     out.mkdir()
     (out / "blocked_label.tiff").mkdir()  # writing this output fails after segmentation
@@ -116,7 +117,7 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
         "corrupt.tif": "corrupt or truncated",
         "shape.tif": "more than 4 channels",
         "huge.png": "too many pixels",
-        "good.bmp": "already taken by good.png",
+        "good.tiff": "already taken by good.png",
         "blocked.png": "IsADirectoryError",
         "notes.txt": "skipped notes.txt",
         ".hidden.png": "skipped .hidden.png: hidden file",
@@ -127,7 +128,7 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
         assert reason in hits[0], (name, hits[0])
     rows = _report(out)
     assert {n for n, r in rows.items() if r["status"] == "error"} == {
-        "zero.png", "truncated.png", "corrupt.tif", "shape.tif", "huge.png", "good.bmp", "blocked.png"
+        "zero.png", "truncated.png", "corrupt.tif", "shape.tif", "huge.png", "good.tiff", "blocked.png"
     }
     assert rows["good.png"]["status"] == "ok" and rows["good2.tif"]["status"] == "ok"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left

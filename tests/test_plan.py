@@ -83,6 +83,12 @@ def test_over_budget_returns_the_last_resort_and_says_so() -> None:
     assert negative.scales == (0.5,) and "over budget" in negative.reason
 
 
+def test_over_budget_small_image_keeps_the_scale_when_lower_scales_save_nothing() -> None:
+    # 500 x 500 needs one (padded) window at 1.0 and at 0.5 alike, so scale 1.0 is the cheapest plan too.
+    plan = choose_plan(500, 500, False, CFG, COSTS, budget_seconds=0.1)
+    assert (plan.scales, plan.stride) == ((1.0,), 256) and plan.reason.startswith("over budget")
+
+
 def test_whole_slide_estimate_pays_for_halos() -> None:
     cfg = CFG.with_overrides(tile_threshold_pixels=1_000_000, tile_size=1000, tile_halo=100)
     shapes = crop_shapes(3000, 3000, cfg)

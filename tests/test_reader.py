@@ -245,3 +245,11 @@ def test_huge_declared_tiff_is_refused_without_decoding(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="cannot open"):
         read_image(tmp_path / "gone.png", CAP)
+
+
+def test_truncated_uncompressed_tiff(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "raw.tif", _u8(64, 64, 3), photometric="rgb")
+    raw = (tmp_path / "raw.tif").read_bytes()
+    (tmp_path / "cut_raw.tif").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"^cut_raw\.tif: corrupt or truncated"):
+        read_image(tmp_path / "cut_raw.tif", CAP)

@@ -158,6 +158,11 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
+    def __post_init__(self) -> None:
+        problems = check(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -167,7 +172,31 @@ class TrainConfig:
 
 
 class ConfigError(ValueError):
-    """A preset or override names an unknown key or has a value of the wrong type."""
+    """A preset or override names an unknown key or has a value of the wrong type or range."""
+
+
+def check(cfg: "TrainConfig") -> list[str]:
+    """Values that would fail later, found now: sizes the network cannot take, empty ranges."""
+    problems = []
+    multiple = 2 ** cfg.model.encoder_depth
+    for name, value in (("augment.crop", cfg.augment.crop), ("validation.window", cfg.validation.window)):
+        if value % multiple:
+            problems.append(f"{name} = {value} is not a multiple of {multiple}")
+    if cfg.augment.crop <= 0:
+        problems.append("augment.crop must be positive")
+    if not 0 < cfg.augment.scale_min <= cfg.augment.scale_max:
+        problems.append("augment needs 0 < scale_min <= scale_max")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        problems.append("data.val_fraction must be in [0, 1)")
+    if not 0.0 < cfg.data.labelled_fraction <= 1.0:
+        problems.append("data.labelled_fraction must be in (0, 1]")
+    if cfg.schedule.batch_size < 1 or cfg.schedule.unlabelled_batch_size < 1 or cfg.data.repeats < 1:
+        problems.append("schedule batch sizes and data.repeats must be at least 1")
+    if not 0.0 <= cfg.teacher.ema_decay <= 1.0:
+        problems.append("teacher.ema_decay must be in [0, 1]")
+    if not cfg.validation.scales:
+        problems.append("validation.scales needs at least one scale")
+    return problems
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -98,7 +98,11 @@ def network_from_checkpoint(ckpt: dict[str, Any], which: str = "teacher") -> tup
     if state is None:
         raise ValueError(f"checkpoint has no {which} weights")
     net = MT2Net(ModelConfig.from_dict(ckpt["model_config"]))
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"{used} weights do not fit the checkpoint's model_config ({first})") from exc
     return net.eval(), used, notice
 
 
@@ -142,14 +146,30 @@ def slim(src: Path, dst: Path) -> Path:
     return dst
 
 
-def convert_fp16(src: Path, dst: Path) -> Path:
-    """fp16 weights and compute with float32 inputs and outputs (onnxconverter-common, default block list)."""
+def convert_fp16(src: Path, dst: Path) -> dict[str, int]:
+    """Write fp16 weights and compute with float32 inputs and outputs to `dst` (onnxconverter-common, default
+    op block list). Returns how many weights the converter clipped: `small` (|w| < 1e-7, set to +-1e-7) and
+    `large` (|w| > 1e4, set to +-1e4); large ones change the model and the parity checks decide if it matters.
+
+    Intermediate shape annotations (value_info, which onnxslim adds) are dropped first: the converter leaves
+    some of them typed float32, which makes onnx.checker's type inference reject the graph.
+    """
     import onnx
     from onnxconverter_common import float16
 
-    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    model = onnx.load(str(src))
+    model.graph.ClearField("value_info")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(model, str(dst))
-    return dst
+    clipped = {"small": 0, "large": 0}
+    for w in caught:
+        text = str(w.message)
+        if "will be truncated to" in text:
+            target = abs(float(text.rsplit(" ", 1)[-1]))
+            clipped["small" if target < 1 else "large"] += 1
+    return clipped
 
 
 def check_onnx(path: Path) -> None:
@@ -199,11 +219,11 @@ def cell_like_inputs(h: int, w: int, seed: int) -> np.ndarray:
         return np.clip(img + rng.normal(0, sigma, img.shape).astype(np.float32), 0, 1)
 
     fluo = np.stack([np.zeros_like(dome), 0.9 * dome * light, 0.5 * dome * light]) + 0.03
-    fluo[0] = 0  # fluorescence in the challenge: empty red channel
     stain = np.array([0.45, 0.6, 0.35], np.float32)[:, None, None]
     bright = 0.85 * light[None] - stain * dome[None]
     phase = np.repeat((0.45 * light + 0.35 * rim - 0.25 * dome)[None], 3, axis=0)
     batch = np.stack([noisy(fluo, 0.01), noisy(bright, 0.02), noisy(phase, 0.02)])
+    batch[0, 0] = 0  # fluorescence in the challenge comes with an empty red channel
     return (np.round(np.clip(batch, 0, 1) * 255) / 255).astype(np.float32)
 
 
@@ -360,7 +380,7 @@ class ExportResult:
     parity: Parity
     weights: str
     notices: list[str]
-    slimmed: dict[str, Any]
+    steps: dict[str, Any]  # what onnxslim and the fp16 converter did
     manifest: Path
 
 
@@ -381,6 +401,12 @@ def _slim_if_better(raw: Path, net: nn.Module, work: Path, threads: int) -> tupl
     if after < before and diff <= FP32_TOLERANCE:
         return slimmed, {**info, "kept": True}
     return raw, {**info, "kept": False, "reason": "no fewer nodes" if after >= before else "parity lost"}
+
+
+def _describe_slim(info: dict[str, Any]) -> str:
+    if info.get("kept"):
+        return f"kept, {info['nodes_before']} -> {info['nodes_after']} nodes"
+    return f"not used ({info.get('reason', 'disabled')})"
 
 
 def export_checkpoint(
@@ -405,10 +431,13 @@ def export_checkpoint(
         work = Path(tmp)
         raw = export_fp32(net, work / "raw.onnx")
         chosen, slimmed = (_slim_if_better(raw, net, work, threads) if use_slim else (raw, {"kept": False}))
-        log(f"onnxslim: {slimmed}")
+        log(f"onnxslim: {_describe_slim(slimmed)}")
         fp32 = work / CONTRACT.fp32_file
         shutil.move(str(chosen), fp32)
-        fp16 = convert_fp16(fp32, work / CONTRACT.fp16_file)
+        fp16 = work / CONTRACT.fp16_file
+        clipped = convert_fp16(fp32, fp16)
+        log(f"fp16: weights clipped by the converter: {clipped['small']} tiny (to +-1e-7), "
+            f"{clipped['large']} large (to +-1e4)")
         for path in (fp32, fp16):
             check_onnx(path)
         parity = verify(net, fp32, fp16, sizes, device, threads)
@@ -425,17 +454,18 @@ def export_checkpoint(
     for name, size in files.items():
         over = " (over the 30 MB budget for weights/ in git)" if size > SIZE_BUDGET_BYTES else ""
         log(f"{name}: {size / 1e6:.1f} MB{over}")
-    meta = manifest_meta(ckpt, checkpoint, used, notices, parity, slimmed)
+    steps = {"onnxslim": slimmed, "fp16_weights_clipped": clipped}
+    meta = manifest_meta(ckpt, checkpoint, used, notices, parity, steps)
     entries = {
         CONTRACT.fp32_file: {**file_entry(out_dir / CONTRACT.fp32_file), "precision": "fp32", "for": "CPU"},
         CONTRACT.fp16_file: {**file_entry(out_dir / CONTRACT.fp16_file), "precision": "fp16", "for": "CUDA"},
     }
     manifest = write_manifest(out_dir, entries, meta)
-    return ExportResult(files, parity, used, notices, slimmed, manifest)
+    return ExportResult(files, parity, used, notices, steps, manifest)
 
 
 def manifest_meta(
-    ckpt: dict[str, Any], checkpoint: Path, used: str, notices: list[str], parity: Parity, slimmed: dict
+    ckpt: dict[str, Any], checkpoint: Path, used: str, notices: list[str], parity: Parity, steps: dict[str, Any]
 ) -> dict[str, Any]:
     """Everything manifest.json records besides the file checksums."""
     config = ModelConfig.from_dict(ckpt["model_config"])
@@ -464,7 +494,7 @@ def manifest_meta(
             "versions": package_versions(),
             "git_commit": git_commit(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "onnxslim": slimmed,
+            **steps,
             "notices": notices,
         },
         "parity": {

@@ -20,7 +20,6 @@ import random
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -397,7 +396,6 @@ def _train(
             count = load_encoder_weights(net, Path(encoder_weights))
             log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
         else:
-            warnings.warn("no --encoder-weights given: the encoder starts from random weights", stacklevel=2)
             log("warning: no --encoder-weights given: the encoder starts from random weights")
     student: nn.Module = net
     if place.world > 1:
@@ -412,7 +410,7 @@ def _train(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.runtime.amp and device.type == "cuda")
     teacher: nn.Module | None = None
-    epoch, step, best_f1 = 0, 0, -1.0
+    epoch, step, best_f1 = 0, 0, None
     if checkpoint is not None:
         net.load_state_dict(checkpoint["student"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -422,12 +420,12 @@ def _train(
             teacher = make_teacher(net)
             teacher.load_state_dict(checkpoint["teacher"])
         epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        best_f1 = float(checkpoint["metrics"].get("best_val_f1", -1.0))
+        best_f1 = checkpoint["metrics"].get("best_val_f1")
         set_rng_state(checkpoint["rng"])
         log(f"resumed from {LAST} at epoch {epoch}, step {step}")
 
     csv_log = CsvLog(out_dir, cfg.runtime.tensorboard) if place.main else None
-    metrics: dict[str, Any] = {"val_f1": None, "best_val_f1": best_f1 if best_f1 >= 0 else None}
+    metrics: dict[str, Any] = {"val_f1": None, "best_val_f1": best_f1}
 
     def payload(epoch_done: int) -> dict[str, Any]:
         return {

@@ -34,8 +34,6 @@ class StorageFormat:
             raise ValueError(f"unknown dtype {self.dtype!r}")
         if self.dtype == "uint16" and self.ext not in (".png", ".tif", ".tiff"):
             raise ValueError(f"{self.ext} cannot hold 16-bit data")
-        if self.dtype == "uint16" and self.ext == ".png" and self.layout != "gray":
-            raise ValueError("16-bit colour PNG is not read back exactly by common readers")
         if self.layout == "chw" and self.ext not in (".tif", ".tiff"):
             raise ValueError("channel-first layout is TIFF only")
 

@@ -20,6 +20,7 @@ from training.synth.noise import acquire
 from training.synth.params import ModalityParams, SynthConfig
 from training.synth.writer import LABEL_SUFFIX, write_image, write_labels, write_meta
 
+MAX_RETRIES = 20
 SPLITS = {"labelled": ("images", "cell"), "unlabelled": ("unlabeled", "unlabeled")}
 
 
@@ -72,6 +73,10 @@ def make_sample(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfi
     p = choose_modality(rng, cfg)
     hw = choose_size(rng, cfg)
     scene = render(rng, p, hw)
+    for _ in range(MAX_RETRIES):  # a sparse draw can leave no cell; the challenge has no empty label maps
+        if scene.labels.any():
+            break
+        scene = render(rng, p, hw)
     light = illumination(rng, hw, uniform(rng, p.vignetting), uniform(rng, p.gradient))
     recorded = acquire(
         rng, scene.clean, light, uniform(rng, p.blur), uniform(rng, p.photons), uniform(rng, p.read_noise)

@@ -226,7 +226,7 @@ def render_brightfield(rng: np.random.Generator, p: BrightfieldParams, hw: tuple
     od: dict[str, np.ndarray] = {}
     if style == "smear":
         nucleus = np.clip((depth - rng.uniform(0.25, 0.5)) / 0.15, 0.0, 1.0)
-        od["giemsa"] = cell_od * (0.3 + 0.7 * nucleus)
+        od["giemsa"] = cell_od * (0.4 + 0.6 * nucleus)
         pallor = 1.0 - rng.uniform(0.3, 0.7) * np.clip(ldepth - 0.4, 0.0, 1.0) / 0.6
         od["eosin"] = look_od * pallor * rng.uniform(1.5, 3.0)
     elif style == "tissue":
@@ -236,10 +236,10 @@ def render_brightfield(rng: np.random.Generator, p: BrightfieldParams, hw: tuple
         stroma = uniform(rng, p.stroma_od) * np.clip(fibres, 0.0, None) * ~lumen
         od["eosin"] = np.where(labels > 0, 0.3, 1.0) * ndi.gaussian_filter(stroma.astype(np.float32), 1.0)
     else:
-        stain = str(rng.choice(["hematoxylin", "dab", "giemsa", "eosin"]))
+        stain = str(rng.choice(["hematoxylin", "dab", "giemsa"]))
         od[stain] = cell_od
         rim = np.where(look > 0, np.exp(-(ldist - 1.0) / 1.2), 0.0).astype(np.float32)
-        od["neutral"] = look_od + faint * rim
+        od["neutral"] = 0.4 * look_od + 0.8 * faint * rim  # unstained: nearly clear, a refractive rim
     od["neutral"] = od.get("neutral", np.zeros(hw, np.float32)) + uniform(rng, p.background_od)
     white = rng.uniform(0.86, 0.97) * (1.0 + rng.uniform(-0.03, 0.03, 3))
     clean = _transmission(od, white.astype(np.float32), rng.normal(0.0, 0.04, 3).astype(np.float32))
@@ -270,8 +270,9 @@ def render_phase(rng: np.random.Generator, p: PhaseParams, hw: tuple[int, int]) 
     high = phi - ndi.gaussian_filter(phi, sigma)
     bg = uniform(rng, p.background) * (1.0 + 0.04 * F.smooth_noise(rng, hw, max(hw) / 5.0))
     image = bg * (1.0 - 1.6 * uniform(rng, p.phase_depth) * high)
+    # Rounded (mitotic) cells are thick: they look bright with a brighter rim instead of dark.
     rounded = F.per_cell(labels, (rng.random(n) < uniform(rng, p.bright_fraction)).astype(np.float32))
-    image = image + rounded * bg * 0.8 * F.edge_profile(dist, 2.0)
+    image = image + rounded * bg * F.edge_profile(dist, 1.5) * (0.35 + 0.5 * (1.0 - depth))
     return Scene("phase", style, labels, np.zeros_like(labels), np.clip(image, 0.0, 1.0).astype(np.float32))
 
 

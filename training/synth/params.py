@@ -70,8 +70,8 @@ class FluorescenceParams(ModalityParams):
     uint8_gain: Range = (0.35, 1.0)
     # Styles: nuclei in one channel, whole cells in one channel, or cytoplasm (green) + nucleus (blue).
     styles: Weights = (("nuclei", 3.0), ("cytoplasm", 1.0), ("two_channel", 1.5))
-    brightness_sigma: Range = (0.25, 0.6)  # log-normal spread of cell brightness
-    min_brightness: float = 0.18  # dimmest labelled cell relative to the median cell
+    brightness_sigma: Range = (0.2, 0.5)  # log-normal spread of cell brightness
+    min_brightness: float = 0.25  # dimmest labelled cell relative to the median cell
     texture: Range = (0.05, 0.35)  # relative amplitude of intracellular texture
     edge_ramp: Range = (0.8, 4.0)  # px over which a cell's brightness rises from its boundary
     background: Range = (0.0, 0.06)  # background level relative to a median cell
@@ -83,6 +83,7 @@ class FluorescenceParams(ModalityParams):
         (StorageFormat(".tif", "uint16", "rgb"), 3.0),
         (StorageFormat(".tiff", "uint8", "rgb"), 1.0),
         (StorageFormat(".tif", "uint16", "chw"), 1.0),
+        (StorageFormat(".png", "uint16", "rgb"), 0.7),
         (StorageFormat(".bmp", "uint8", "rgb"), 0.7),
     )
 
@@ -106,8 +107,8 @@ class BrightfieldParams(ModalityParams):
     # Styles: blood smear (pale red cells unlabelled), tissue (eosin stroma, pale nuclei unlabelled),
     # stained culture (unstained cells unlabelled).
     styles: Weights = (("smear", 1.0), ("tissue", 1.2), ("culture", 1.0))
-    stained_od: Range = (0.45, 1.4)  # optical density of a labelled cell's stain at its darkest
-    unstained_od: Range = (0.04, 0.16)  # optical density of an unstained look-alike
+    stained_od: Range = (0.5, 1.2)  # optical density of a labelled cell's stain at its darkest
+    unstained_od: Range = (0.03, 0.1)  # optical density of an unstained look-alike
     lookalike_ratio: Range = (0.3, 3.0)  # unlabelled look-alikes per labelled cell
     texture: Range = (0.1, 0.4)
     edge_ramp: Range = (0.8, 3.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import imagecodecs
 import imageio.v3 as iio
 import numpy as np
 import tifffile
@@ -28,6 +29,8 @@ def write_image(path: Path, image: np.ndarray, fmt: StorageFormat, jpeg_quality:
             tifffile.imwrite(path, image, photometric="rgb", planarconfig="separate")
         else:
             tifffile.imwrite(path, image, photometric="rgb")
+    elif fmt.ext == ".png" and image.dtype == np.uint16 and image.ndim == 3:
+        path.write_bytes(imagecodecs.png_encode(image))  # Pillow cannot write 16-bit colour PNG
     elif fmt.ext in (".jpg", ".jpeg"):
         iio.imwrite(path, image, extension=fmt.ext, quality=int(jpeg_quality))
     else:

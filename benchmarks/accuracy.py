@@ -1,0 +1,243 @@
+"""Accuracy on a held-out synthetic set: F1 per modality and overall, for the methods the project compares.
+
+    python3 benchmarks/accuracy.py                                  # everything, defaults (about 20-30 min on 2 cores)
+    python3 benchmarks/accuracy.py --methods model,baseline         # shipped weights and the classical baseline only
+    python3 benchmarks/accuracy.py --markdown accuracy.md --work runs/accuracy
+
+Methods (columns of the table):
+- ``model``: the shipped weights (``--model``, default weights/) through the app, ``python -m app predict``;
+- ``baseline``: the classical baseline of training/baseline.py (Otsu threshold + distance-transform watershed);
+- ``mt`` and ``supervised``: Mean Teacher against supervised-only, both trained from scratch with the same
+  preset and the same number of optimiser steps when only ``--labelled-fraction`` (10%) of the labelled
+  training images keep their labels (the rest join the unlabelled pool); each best checkpoint is exported to
+  ONNX and run through the app like the shipped model.
+
+The held-out set is generated with its own seed (``--seed``, never the training seed), so no method has seen
+its images. Scores are the challenge's: F1 per image (IoU >= 0.5, Hungarian matching, border cells removed),
+averaged over the images of each modality and over all images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from app.metric import evaluate_folders  # noqa: E402
+from training.synth.params import MODALITY_NAMES  # noqa: E402
+
+METHODS = ("model", "baseline", "mt", "supervised")
+TITLES = {
+    "model": "shipped model",
+    "baseline": "classical baseline",
+    "mt": "Mean Teacher @10%",
+    "supervised": "supervised-only @10%",
+}
+HELDOUT_SEED = 1000
+TRAIN_SEED = 7
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--images", type=int, default=40, help="held-out images (default 40)")
+    p.add_argument("--seed", type=int, default=HELDOUT_SEED, help="seed of the held-out set")
+    p.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("MIN", "MAX"),
+                   help="held-out image sides in px (default 256 512)")
+    p.add_argument("--model", type=Path, default=ROOT / "weights", help="shipped weights folder or ONNX file")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the app (0: its default)")
+    p.add_argument("--work", type=Path, default=None, help="folder for data, runs and predictions (default: temp)")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
+    g = p.add_argument_group("Mean Teacher vs supervised-only (methods mt, supervised)")
+    g.add_argument("--preset", default="cpu", help="training preset (default cpu)")
+    g.add_argument("--train-images", type=int, default=120, help="labelled training images generated (default 120)")
+    g.add_argument("--train-unlabelled", type=int, default=0, help="extra unlabelled training images (default 0)")
+    g.add_argument("--train-seed", type=int, default=TRAIN_SEED, help="seed of the training set")
+    g.add_argument("--train-size", type=int, nargs=2, default=(256, 384), metavar=("MIN", "MAX"),
+                   help="training image sides in px (default 256 384)")
+    g.add_argument("--labelled-fraction", type=float, default=0.1, help="labels kept (default 0.1)")
+    g.add_argument("--max-steps", type=int, default=500, help="optimiser steps of each run (the budget; default 500)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra training overrides for both runs")
+    args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def make_heldout(folder: Path, images: int, seed: int, size: tuple[int, int]) -> dict[str, str]:
+    """Generate the held-out set; return image name -> modality."""
+    from training.synth import SynthConfig, generate_dataset
+
+    rows = generate_dataset(folder, images, 0, seed, SynthConfig(min_size=size[0], max_size=size[1]))
+    return {r["name"]: r["modality"] for r in rows}
+
+
+def predict_with_app(images: Path, out: Path, model: Path, threads: int) -> None:
+    """Run the app's own command line on a folder, as a user would."""
+    command = [sys.executable, "-m", "app", "predict", "--input", str(images), "--output", str(out),
+               "--model", str(model)]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode == 2:
+        raise RuntimeError(f"app predict could not start: {done.stderr.strip() or done.stdout.strip()}")
+    if done.returncode != 0:
+        log(f"app predict: some images failed (exit {done.returncode}); they count as misses")
+
+
+def predict_baseline(images: Path, out: Path) -> None:
+    from training.baseline import segment_folder
+
+    segment_folder(images, out)
+
+
+def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool) -> Path:
+    """Train one run of the comparison and export its best checkpoint; return the fp32 ONNX file."""
+    from training.config import load_config, parse_override
+    from training.export import export_checkpoint
+    from training.trainer import train
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    overrides.update({
+        "data.labelled_fraction": args.labelled_fraction,
+        "teacher.semi_supervised": semi,
+        "schedule.epochs": 100_000,  # the step cap is the budget
+        "schedule.max_steps": args.max_steps,
+        "runtime.progress": False,
+        "runtime.tensorboard": False,
+    })
+    cfg = load_config(args.preset, overrides)
+    best = train(cfg, data, run, log=log)
+    export_checkpoint(best, run / "onnx", which="teacher" if semi else "student", use_slim=False, log=log)
+    from app.config import CONTRACT
+
+    return run / "onnx" / CONTRACT.fp32_file
+
+
+def score(gt: Path, pred: Path, modality_of: dict[str, str]) -> dict[str, float]:
+    """Mean F1 per modality and overall ("all") over the images of the held-out set."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for name, scores in evaluate_folders(gt, pred):
+        stem = name.split(".", 1)[0].removesuffix("_label")
+        per[modality_of[stem]].append(scores.f1)
+        per["all"].append(scores.f1)
+    return {key: sum(v) / len(v) for key, v in per.items()}
+
+
+def table(results: dict[str, dict[str, float]], counts: dict[str, int]) -> list[str]:
+    """Markdown table: one row per modality plus overall, one column per method."""
+    methods = list(results)
+    head = "| modality | images | " + " | ".join(TITLES[m] for m in methods) + " |"
+    rule = "|---|---:|" + "---:|" * len(methods)
+    lines = [head, rule]
+    for key in [*MODALITY_NAMES, "all"]:
+        if not counts.get(key):
+            continue
+        cells = []
+        for m in methods:
+            value = results[m].get(key)
+            cells.append("n/a" if value is None else f"{value:.3f}")
+        name = "**overall**" if key == "all" else key
+        lines.append(f"| {name} | {counts[key]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU threads ({cpu}), Python {platform.python_version()}"
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    import tempfile
+
+    work_ctx = tempfile.TemporaryDirectory(prefix="accuracy-") if args.work is None else None
+    work = Path(work_ctx.name) if work_ctx else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        heldout = work / "heldout"
+        log(f"held-out set: {args.images} images, seed {args.seed}")
+        modality_of = make_heldout(heldout, args.images, args.seed, tuple(args.size))
+        counts = defaultdict(int)
+        for modality in modality_of.values():
+            counts[modality] += 1
+        counts["all"] = len(modality_of)
+        results: dict[str, dict[str, float]] = {}
+        seconds: dict[str, float] = {}
+        images, gt = heldout / "images", heldout / "labels"
+        for method in args.methods:
+            t0 = time.perf_counter()
+            pred = work / f"pred_{method}"
+            if method == "model":
+                log(f"shipped model {args.model}: app predict")
+                predict_with_app(images, pred, args.model, args.threads)
+            elif method == "baseline":
+                log("classical baseline")
+                predict_baseline(images, pred)
+            else:
+                data = work / "train"
+                if not (data / "meta.csv").exists():
+                    log(f"training set: {args.train_images} labelled + {args.train_unlabelled} unlabelled, "
+                        f"seed {args.train_seed}")
+                    from training.synth import SynthConfig, generate_dataset
+
+                    generate_dataset(data, args.train_images, args.train_unlabelled, args.train_seed,
+                                     SynthConfig(min_size=args.train_size[0], max_size=args.train_size[1]))
+                log(f"training {method} ({args.max_steps} steps, {args.labelled_fraction:.0%} labels)")
+                onnx = train_and_export(args, data, work / f"run_{method}", semi=method == "mt")
+                predict_with_app(images, pred, onnx, args.threads)
+            pred.mkdir(parents=True, exist_ok=True)
+            results[method] = score(gt, pred, modality_of)
+            seconds[method] = time.perf_counter() - t0
+            log(f"{method}: overall F1 {results[method]['all']:.3f} ({seconds[method]:.0f} s)")
+    finally:
+        if work_ctx:
+            work_ctx.cleanup()
+    lines = table(results, counts)
+    if "mt" in results and "supervised" in results:
+        diff = results["mt"]["all"] - results["supervised"]["all"]
+        lines += ["", f"Mean Teacher minus supervised-only, overall F1: {diff:+.3f}"]
+    lines += [
+        "",
+        f"Held-out set: {args.images} synthetic images, seed {args.seed}, sides {args.size[0]}-{args.size[1]} px. "
+        f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
+    ]
+    if {"mt", "supervised"} & set(results):
+        lines.append(
+            f"Training comparison: preset `{args.preset}`, {args.train_images} labelled images (seed "
+            f"{args.train_seed}), {args.labelled_fraction:.0%} keep labels, {args.max_steps} steps per run."
+        )
+    lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    lines = run(args)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Views, jitter and CutMix: alignment of images with targets and of weak with strong views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.augment import (
+    Geometry,
+    apply_cutmix,
+    cutmix_boxes,
+    extract_region,
+    jitter,
+    labelled_view,
+    orient,
+    sample_geometry,
+    unlabelled_views,
+    view,
+)
+from training.config import AugmentConfig
+
+torch.set_num_threads(1)
+
+
+def coded_pair(h: int = 40, w: int = 52, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An image whose red channel encodes the class map, and targets (cls, cell, boundary) derived from it."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 3, (h, w)).astype(np.float16)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[..., 0] = (cls * 100).astype(np.uint8)
+    image[..., 1] = 60
+    cell = (cls == 1).astype(np.float16)
+    boundary = (cls == 2).astype(np.float16)
+    return image, np.stack([cls, cell, boundary], -1)
+
+
+def test_extract_region_pads_with_zeros_outside_the_image():
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = extract_region(array, -1, 2, 3)
+    assert out.shape == (3, 3)
+    assert np.array_equal(out[0], [0, 0, 0])
+    assert np.array_equal(out[1], [2, 3, 0]) and np.array_equal(out[2], [6, 7, 0])
+
+
+def test_geometry_stays_within_or_pads_small_images():
+    cfg = AugmentConfig(crop=64, scale_min=0.5, scale_max=2.0)
+    rng = np.random.default_rng(1)
+    sizes = []
+    for _ in range(200):
+        g = sample_geometry(rng, (100, 30), cfg)
+        sizes.append(g.size)
+        assert 32 <= g.size <= 128 and 0 <= g.rot90 <= 3
+        if g.size <= 100:
+            assert 0 <= g.y0 <= 100 - g.size
+        if g.size > 30:  # narrower than the square: the image sits inside it
+            assert -(g.size - 30) <= g.x0 <= 0
+    assert min(sizes) < 45 and max(sizes) > 90  # both ends of the scale range are drawn
+
+
+def test_orient_matches_numpy():
+    t = torch.arange(12.0).reshape(1, 3, 4)
+    g = Geometry(0, 0, 3, flip_y=True, flip_x=False, rot90=1)
+    expected = np.rot90(np.flip(t.numpy()[0], 0), 1)
+    assert np.array_equal(orient(t, g)[0].numpy(), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_labelled_view_keeps_image_and_targets_aligned(seed):
+    image, targets = coded_pair(seed=seed)
+    cfg = AugmentConfig(crop=32, scale_min=1.0, scale_max=1.0, brightness=0.0, contrast=0.0)
+    img, cls, cell, boundary = labelled_view(image, targets, np.random.default_rng(seed), cfg)
+    assert img.shape == (3, 32, 32) and cls.shape == (32, 32) and cell.shape == boundary.shape == (1, 32, 32)
+    assert cls.dtype == torch.int64 and img.dtype == torch.float32
+    decoded = torch.round(img[0] * 255 / 100).long()
+    inside = img[1] > 0  # padding (outside the image) is zero in the image and background in the targets
+    assert torch.equal(decoded[inside], cls[inside])
+    assert torch.equal(cell[0] == 1, cls == 1) and torch.equal(boundary[0] == 1, cls == 2)
+
+
+def test_rescaled_view_keeps_classes_and_ranges():
+    image, targets = coded_pair(80, 80)
+    cfg = AugmentConfig(crop=48)
+    img, cls, cell, boundary = labelled_view(image, targets, np.random.default_rng(3), cfg)
+    assert set(cls.unique().tolist()) <= {0, 1, 2}
+    for t in (img, cell, boundary):
+        assert t.min() >= 0 and t.max() <= 1
+
+
+def test_jitter_changes_brightness_and_contrast_but_never_hue():
+    grey = torch.full((3, 8, 8), 0.4)
+    grey[:, :4] = 0.6
+    out = jitter(grey, np.random.default_rng(0), AugmentConfig(brightness=0.5, contrast=0.5))
+    assert not torch.allclose(out, grey)
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])  # grey stays grey
+    same = jitter(grey, np.random.default_rng(0), AugmentConfig(brightness=0.0, contrast=0.0))
+    assert torch.allclose(same, grey)
+
+
+def test_weak_and_strong_views_show_the_same_pixels():
+    image, _ = coded_pair(60, 60)
+    cfg = AugmentConfig(crop=32, contrast=0.0, brightness=0.4)
+    weak, strong = unlabelled_views(image, np.random.default_rng(5), cfg)
+    assert weak.shape == strong.shape == (3, 32, 32)
+    # Brightness only: strong = clip(factor * weak), so the ratio is one constant wherever weak is lit.
+    lit = (weak > 0.05) & (strong < 0.99)
+    ratio = strong[lit] / weak[lit]
+    assert float(ratio.std()) < 1e-4
+    plain = AugmentConfig(crop=32, contrast=0.0, brightness=0.0)
+    weak2, strong2 = unlabelled_views(image, np.random.default_rng(5), plain)
+    assert torch.allclose(weak2, strong2, atol=1e-6)
+
+
+def test_view_of_float16_targets_is_float32():
+    targets = np.ones((10, 10, 2), np.float16)
+    out = view(targets, Geometry(0, 0, 10, False, False, 0), 20)
+    assert out.dtype == torch.float32 and out.shape == (2, 20, 20)
+
+
+def test_cutmix_boxes_probability_and_sources():
+    rng = np.random.default_rng(0)
+    assert cutmix_boxes(rng, 4, 32, 0.0) == [None] * 4
+    assert cutmix_boxes(rng, 1, 32, 1.0) == [None]
+    boxes = [b for _ in range(50) for b in cutmix_boxes(rng, 4, 32, 0.5)]
+    used = [b for b in boxes if b is not None]
+    assert 0.3 < len(used) / len(boxes) < 0.7
+    for i, box in enumerate(boxes):
+        if box is not None:
+            source, y0, y1, x0, x1 = box
+            assert source != i % 4 and 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+
+
+def test_cutmix_pastes_the_same_box_into_images_and_targets():
+    images = torch.stack([torch.full((3, 16, 16), float(i)) for i in range(3)])
+    targets = torch.stack([torch.full((16, 16), i) for i in range(3)])
+    boxes = [(2, 0, 8, 4, 12), None, (0, 5, 16, 0, 3)]
+    mixed_images = apply_cutmix(images, boxes)
+    mixed_targets = apply_cutmix(targets, boxes)
+    assert torch.equal(images[0], torch.zeros(3, 16, 16))  # the input is untouched
+    assert torch.all(mixed_images[0, :, 0:8, 4:12] == 2) and torch.all(mixed_images[0, :, 8:, :] == 0)
+    assert torch.equal(mixed_images[1], images[1])
+    assert torch.equal(mixed_images[:, 0].long(), mixed_targets)

@@ -1,0 +1,121 @@
+"""Sliding-window inference: equivalence with a direct pass, stride independence, scales, max fusion, resize."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from scipy import ndimage
+
+from app.config import InferenceConfig
+from app.errors import ModelError
+from app.infer import predict_maps, predict_scale, resize_bilinear
+from app.runner import ModelRunner
+from tests.onnx_models import contract_model, disc_image, shaped_model
+
+CFG = InferenceConfig()
+
+
+def rgb(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def direct_pass(model_path, image_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One ONNX Runtime run on the whole image, no windows, no padding."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    batch = (image_u8.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+    _, cell, boundary = session.run(None, {"image": batch})
+    return cell[0, 0], boundary[0, 0]
+
+
+@pytest.fixture(scope="module")
+def textured() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (1200, 900, 3), dtype=np.uint8)
+
+
+def test_small_image_equals_one_direct_pass(tmp_path):
+    """A 300×200 image is zero-padded to one 512 window; a 3×3 blur model then sees exactly the direct pass."""
+    model = contract_model(tmp_path / "blur.onnx", kernel=3)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    cell, boundary = predict_scale(image, ModelRunner(model, "cpu", threads=1), 1.0, CFG)
+    ref_cell, ref_boundary = direct_pass(model, image)
+    assert cell.shape == (300, 200) and cell.dtype == np.float32
+    np.testing.assert_allclose(cell, ref_cell, atol=1e-6)
+    np.testing.assert_allclose(boundary, ref_boundary, atol=1e-6)
+
+
+def test_large_image_same_maps_whatever_the_stride(tmp_path, textured):
+    """1200×900 with a pointwise model: overlapping, flush-edge windows average back to the direct pass."""
+    model = contract_model(tmp_path / "point.onnx", kernel=1)
+    runner = ModelRunner(model, "cpu", threads=1)
+    ref_cell, ref_boundary = direct_pass(model, textured)
+    for stride in (192, 256, 512):
+        cell, boundary = predict_scale(textured, runner, 1.0, CFG, stride=stride)
+        assert cell.shape == (1200, 900)
+        np.testing.assert_allclose(cell, ref_cell, atol=1e-5, err_msg=f"stride {stride}")
+        np.testing.assert_allclose(boundary, ref_boundary, atol=1e-5, err_msg=f"stride {stride}")
+
+
+def test_scaled_prediction_returns_original_size_and_finds_discs(tmp_path):
+    model = contract_model(tmp_path / "point.onnx")
+    image = rgb(disc_image((700, 600), [(150, 150), (500, 400)], 50))
+    runner = ModelRunner(model, "cpu", threads=1)
+    for scale in (0.5, 1.5):
+        cell, boundary = predict_scale(image, runner, scale, CFG)
+        assert cell.shape == boundary.shape == (700, 600)
+        assert cell[150, 150] > 0.99 and cell[500, 400] > 0.99
+        assert cell[10, 10] < 0.01 and cell[150, 300] < 0.01
+
+
+def test_max_fusion_over_scales(tmp_path):
+    model = contract_model(tmp_path / "blur.onnx", kernel=3)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (400, 560, 3), dtype=np.uint8)
+    runner = ModelRunner(model, "cpu", threads=1)
+    per_scale = [predict_scale(image, runner, s, CFG) for s in (0.6, 1.3)]
+    assert not np.allclose(per_scale[0][0], per_scale[1][0])  # the scales really differ
+    timings: dict[str, float] = {}
+    cell, boundary = predict_maps(image, runner, (0.6, 1.3), CFG, timings=timings)
+    np.testing.assert_array_equal(cell, np.maximum(per_scale[0][0], per_scale[1][0]))
+    np.testing.assert_array_equal(boundary, np.maximum(per_scale[0][1], per_scale[1][1]))
+    assert set(timings) == {"resize", "model", "fuse"} and all(v > 0 for v in timings.values())
+
+
+def test_bad_arguments_refused(tmp_path):
+    runner = ModelRunner(contract_model(tmp_path / "m.onnx"), "cpu", threads=1)
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ValueError, match="stride"):
+        predict_scale(image, runner, 1.0, CFG, stride=600)
+    with pytest.raises(ValueError, match="uint8"):
+        predict_scale(image.astype(np.float32), runner, 1.0, CFG)
+    with pytest.raises(ValueError, match="scale"):
+        predict_scale(image, runner, 0.0, CFG)
+    with pytest.raises(ValueError, match="scale"):
+        predict_maps(image, runner, (), CFG)
+
+
+def test_fixed_window_model_must_match_the_window(tmp_path):
+    runner = ModelRunner(shaped_model(tmp_path / "fixed.onnx", input_dims=(1, None, 256, 256)), "cpu")
+    with pytest.raises(ModelError, match="256×256"):
+        predict_scale(np.zeros((100, 100, 3), np.uint8), runner, 1.0, CFG)
+
+
+@pytest.mark.parametrize("shape", [(50, 60), (20, 31), (74, 106), (37, 53)])
+def test_resize_matches_scipy_half_pixel_bilinear(shape):
+    source = np.random.default_rng(1).random((37, 53), dtype=np.float32)
+    expected = ndimage.zoom(source, (shape[0] / 37, shape[1] / 53), order=1, grid_mode=True, mode="nearest")
+    got = resize_bilinear(source, *shape)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_resize_uint8_rounds_and_keeps_channels():
+    row = np.array([[0, 255]], np.uint8)
+    assert resize_bilinear(row, 1, 4).tolist() == [[0, 64, 191, 255]]
+    image = np.full((300, 200, 3), 77, np.uint8)
+    out = resize_bilinear(image, 451, 97)  # several row blocks
+    assert out.dtype == np.uint8 and out.shape == (451, 97, 3) and (out == 77).all()

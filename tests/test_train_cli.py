@@ -1,0 +1,96 @@
+"""`python -m training train` end to end for a few steps, resume through the CLI, and config errors."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.test_trainer import write_dataset
+from training.__main__ import cli
+from training.config import ConfigError, config_fields, load_config, parse_override
+from training.trainer import LAST, load_checkpoint
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--set", "model.decoder_channels=[8, 8, 8, 8, 8]",
+    "--set", "augment.crop=64",
+    "--set", "schedule.batch_size=2",
+    "--set", "schedule.unlabelled_batch_size=2",
+    "--set", "data.repeats=1",
+    "--set", "data.val_fraction=0.25",
+    "--set", "teacher.warmup_epochs=1",
+    "--set", "validation.every_epochs=1",
+    "--set", "validation.window=64",
+    "--set", "runtime.threads=1",
+    "--set", "runtime.progress=false",
+]
+
+
+def test_cli_trains_validates_and_resumes(tmp_path):
+    data = write_dataset(tmp_path / "data", labelled=4, unlabelled=2)
+    run = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--config", "cpu", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(run / "best.pt")
+    assert "random weights" in result.output  # no --encoder-weights: said so
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]  # untrained validation, then epoch 1
+    assert 0.0 <= float(rows[-1]["val_f1"]) <= 1.0 and float(rows[-1]["loss_total"]) > 0
+    # Resume from the run folder alone (config from the checkpoint), with a longer budget.
+    result = runner.invoke(cli, ["train", "--data", str(data), "--resume", str(run), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(run / LAST)
+    assert ckpt["epoch"] == 2 and ckpt["teacher"] is not None and ckpt["preset"] == "cpu"
+    assert ckpt["config"]["augment"]["crop"] == 64
+
+
+def test_cli_refuses_bad_settings_in_one_line(tmp_path):
+    data = write_dataset(tmp_path / "data", labelled=1, unlabelled=0, size=32)
+    runner = CliRunner()
+    base = ["train", "--config", "cpu", "--data", str(data), "--out", str(tmp_path / "run")]
+    result = runner.invoke(cli, base + ["--set", "augment.crop=50"])
+    assert result.exit_code != 0 and "augment.crop = 50 is not a multiple of 32" in result.output
+    result = runner.invoke(cli, base + ["--set", "schedule.epoch=3"])
+    assert result.exit_code != 0 and "unknown key(s) epoch" in result.output
+    result = runner.invoke(cli, ["train", "--config", "nosuch", "--data", str(data), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "nosuch: not a config file or preset name" in result.output
+    assert not (tmp_path / "run").exists() or not (tmp_path / "run" / LAST).exists()
+
+
+def test_presets_load_and_document_every_field():
+    for name in ("cpu", "ship", "paper"):
+        cfg = load_config(name)
+        assert cfg.preset == name
+    paper = load_config("paper")
+    assert paper.model.encoder == "resnet50" and paper.schedule.epochs == 500
+    assert paper.schedule.batch_size == paper.schedule.unlabelled_batch_size == 24
+    assert paper.augment.crop == 512 and paper.teacher.warmup_epochs == 100
+    ship = load_config("ship")
+    assert ship.model == type(ship.model)() and ship.augment.crop == 256
+    doc = (ROOT / "docs" / "TRAINING.md").read_text()
+    missing = [name for name, _ in config_fields() if f"`{name}`" not in doc]
+    assert not missing, f"undocumented fields: {missing}"
+
+
+def test_overrides_parse_as_toml_values():
+    assert parse_override("schedule.epochs=3") == ("schedule.epochs", 3)
+    assert parse_override("model.encoder=resnet18") == ("model.encoder", "resnet18")
+    assert parse_override("validation.scales=[0.8, 1.0]") == ("validation.scales", [0.8, 1.0])
+    with pytest.raises(ConfigError):
+        parse_override("no_equals_sign")
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config("cpu", {"teacher.semi_supervised": "yes"})
+
+
+def test_module_entry_point_lists_train():
+    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "--encoder-weights" in out.stdout and "--resume" in out.stdout

@@ -1,0 +1,217 @@
+"""The training loop on a tiny dataset drawn in the test: schedule, bad inputs, checkpoint -> resume,
+and a two-process Gloo run."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+import torch.multiprocessing as mp
+
+from app.config import InferenceConfig
+from training.config import TrainConfig, load_config
+from training.data import prepare_all, split_dataset, steps_per_epoch
+from training.model import MT2Net
+from training.trainer import BEST, LAST, build_optimizer, cosine_factor, load_checkpoint, train
+
+torch.set_num_threads(1)
+
+
+def draw_cells(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A label map of non-overlapping discs and a noisy RGB image of them."""
+    labels = np.zeros((size, size), np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    value = 1
+    for _ in range(size * size // 250):
+        cy, cx = rng.integers(6, size - 6, 2)
+        radius = int(rng.integers(4, 8))
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius * radius
+        if not labels[disc].any():
+            labels[disc] = value
+            value += 1
+    image = np.where(labels[..., None] > 0, np.array([190, 90, 160]), np.array([25, 25, 25])).astype(np.float32)
+    image += rng.normal(0, 10, image.shape)
+    return labels, np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, labelled: int = 4, unlabelled: int = 2, size: int = 72, seed: int = 0) -> Path:
+    """Challenge layout: images/cell_XXX.png, labels/cell_XXX_label.tiff, unlabeled/u_XXX.png."""
+    rng = np.random.default_rng(seed)
+    for folder in ("images", "labels", "unlabeled"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(labelled):
+        labels, image = draw_cells(rng, size)
+        iio.imwrite(root / "images" / f"cell_{i:03d}.png", image)
+        tifffile.imwrite(root / "labels" / f"cell_{i:03d}_label.tiff", labels.astype(np.uint16), compression="zlib")
+    for i in range(unlabelled):
+        iio.imwrite(root / "unlabeled" / f"u_{i:03d}.png", draw_cells(rng, size)[1])
+    return root
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """The cpu preset shrunk to seconds: 8-channel decoder, 64-pixel crops, batches of 2."""
+    base = {
+        "model": {"encoder": "mobilenet_v2", "decoder_channels": [8, 8, 8, 8, 8]},
+        "augment.crop": 64,
+        "data.val_fraction": 0.25,
+        "data.repeats": 1,
+        "schedule.epochs": 2,
+        "schedule.batch_size": 2,
+        "schedule.unlabelled_batch_size": 2,
+        "teacher.warmup_epochs": 1,
+        "validation.every_epochs": 0,
+        "validation.window": 64,
+        "runtime.threads": 1,
+        "runtime.progress": False,
+        "runtime.tensorboard": False,
+    }
+    base.update(overrides)
+    return load_config("cpu", base)
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def test_cosine_schedule_and_parameter_groups():
+    assert cosine_factor(0, 100, 0.0) == pytest.approx(1.0)
+    assert cosine_factor(50, 100, 0.0) == pytest.approx(0.5)
+    assert cosine_factor(100, 100, 0.1) == pytest.approx(0.1)
+    assert cosine_factor(500, 100, 0.0) == pytest.approx(0.0)
+    cfg = tiny_config()
+    net = MT2Net(cfg.model)
+    groups = build_optimizer(net, cfg).param_groups
+    assert [g["lr"] for g in groups] == [1e-4, 1e-3]
+    encoder = {id(p) for p in net.encoder.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == encoder
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_steps_per_epoch_counts_all_ranks():
+    assert steps_per_epoch(10, 1, 4, 1) == 3
+    assert steps_per_epoch(10, 2, 4, 2) == 3
+    assert steps_per_epoch(1, 1, 24, 4) == 1
+
+
+def test_split_is_seeded_and_labelled_fraction_moves_images_to_unlabelled(tmp_path):
+    data = write_dataset(tmp_path / "d", labelled=8, unlabelled=1, size=24)
+    cfg = tiny_config(**{"data.labelled_fraction": 0.5, "data.val_fraction": 0.25}).data
+    a, b = split_dataset(data, cfg), split_dataset(data, cfg)
+    assert [s.name for s in a.validation] == [s.name for s in b.validation]
+    assert len(a.validation) == 2 and len(a.labelled) == 3 and len(a.unlabelled) == 1 + 3
+    names = {s.name for s in a.labelled} | {s.name for s in a.validation} | {s.name for s in a.unlabelled}
+    assert len(names) == 9
+    assert all(s.label is None for s in a.unlabelled)
+    other = split_dataset(data, tiny_config(**{"data.seed": 1, "data.val_fraction": 0.25}).data)
+    assert len(other.labelled) == 6
+
+
+def test_bad_inputs_are_named_and_skipped(tmp_path):
+    data = write_dataset(tmp_path / "d", labelled=2, unlabelled=1, size=32)
+    (data / "images" / "orphan.png").write_bytes((data / "images" / "cell_000.png").read_bytes())
+    iio.imwrite(data / "images" / "small.png", np.zeros((16, 16, 3), np.uint8))
+    tifffile.imwrite(data / "labels" / "small_label.tiff", np.ones((20, 20), np.uint16))
+    iio.imwrite(data / "images" / "empty.png", np.zeros((32, 32, 3), np.uint8))
+    tifffile.imwrite(data / "labels" / "empty_label.tiff", np.zeros((32, 32), np.uint16))
+    (data / "images" / "broken.png").write_bytes(b"not an image at all")
+    tifffile.imwrite(data / "labels" / "broken_label.tiff", np.ones((32, 32), np.uint16))
+    cfg = tiny_config(**{"data.val_fraction": 0.0})
+    split = split_dataset(data, cfg.data)
+    assert split.problems == ["orphan.png: no label file orphan_label.tiff"]
+    reported: list[str] = []
+    prepared, problems = prepare_all(
+        split.labelled, tmp_path / "cache", cfg.data, cfg.targets, InferenceConfig(), report=reported.append
+    )
+    assert reported == problems and len(problems) == 3
+    text = "\n".join(problems)
+    assert "small_label.tiff: label is 20×20 but its image is 16×16" in text
+    assert "empty_label.tiff: label map has no cells" in text
+    assert text.count("broken.png:") == 1
+    assert sorted(p.name for p in prepared) == ["cell_000", "cell_001"]
+
+
+def test_no_usable_labelled_image_stops_before_training(tmp_path):
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    with pytest.raises(ValueError, match="no usable labelled image"):
+        train(tiny_config(), data, tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run" / LAST).exists()
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    data = write_dataset(tmp_path / "d")
+    cfg = tiny_config()
+    full = tmp_path / "full"
+    snapshot = tmp_path / "after_epoch_1.pt"
+
+    def keep_epoch_one(message: str) -> None:  # runs right after epoch 1's checkpoint is written
+        if message.startswith("epoch 1:"):
+            shutil.copy(full / LAST, snapshot)
+
+    train(cfg, data, full, log=keep_epoch_one)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(snapshot, resumed / LAST)
+    best = train(cfg, data, resumed, resume=True, log=quiet)
+    a, b = load_checkpoint(full / LAST), load_checkpoint(best.parent / LAST)
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 2 * steps_per_epoch(3, 1, 2, 1)
+    assert a["teacher"] is not None  # the resumed half crossed the end of warm-up
+    assert _states_equal(a["student"], b["student"]) and _states_equal(a["teacher"], b["teacher"])
+    rows_full = (full / "log.csv").read_text().splitlines()
+    rows_resumed = (resumed / "log.csv").read_text().splitlines()
+    loss = lambda row: row.split(",")[5]  # noqa: E731 - loss_total column
+    assert loss(rows_full[-1]) == loss(rows_resumed[-1])
+
+
+def test_checkpoint_holds_the_agreed_keys(tmp_path):
+    data = write_dataset(tmp_path / "d", labelled=3, unlabelled=1)
+    cfg = tiny_config(**{"schedule.epochs": 1, "teacher.warmup_epochs": 0, "validation.every_epochs": 1})
+    best = train(cfg, data, tmp_path / "run", log=quiet)
+    assert best == tmp_path / "run" / BEST and best.exists()
+    ckpt = load_checkpoint(best)
+    for key in ("student", "teacher", "model_config", "preset", "config", "epoch", "step", "optimizer",
+                "scheduler", "scaler", "rng", "metrics", "data"):
+        assert key in ckpt, key
+    assert ckpt["model_config"]["decoder_channels"] == (8, 8, 8, 8, 8)
+    assert TrainConfig.from_dict(ckpt["config"]) == cfg
+    assert ckpt["data"]["labelled"] == 2 and ckpt["data"]["validation"] == 1 and ckpt["data"]["unlabelled"] == 1
+    assert 0.0 <= ckpt["metrics"]["val_f1"] <= 1.0 and ckpt["metrics"]["best_val_f1"] == ckpt["metrics"]["val_f1"]
+    net = MT2Net(cfg.model)
+    net.load_state_dict(ckpt["teacher"])
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train(tiny_config(**{"runtime.device": "cpu"}), Path(data), Path(out), log=quiet)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run(tmp_path):
+    data = write_dataset(tmp_path / "d", labelled=5, unlabelled=2)
+    out = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(data), str(out)), nprocs=2, join=True)
+    ckpt = load_checkpoint(out / LAST)
+    # 4 training images over 2 ranks of batch 2: one step per epoch, both ranks in lock-step.
+    assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * steps_per_epoch(4, 1, 2, 2) == 2
+    assert ckpt["teacher"] is not None
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + one row per epoch, rank 0 only
