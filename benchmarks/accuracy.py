@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
+    if "model" in args.methods and not args.model.exists():
+        p.error(f"--model {args.model} not found (train and export the shipped weights, or leave out 'model')")
     return args
 
 
@@ -230,7 +232,11 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    lines = run(args)
+    try:
+        lines = run(args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     text = "\n".join(lines)
     print(text)
     if args.markdown:

@@ -115,7 +115,7 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
     """Run one image through the pipeline's per-image path and write the measurements as JSON."""
     from app.config import InferenceConfig
     from app.pipeline import process_image
-    from app.plan import Planner
+    from app.plan import Planner, crop_shapes, estimate_seconds
     from app.runner import ModelRunner
     from app.timing import process_age, tolerance
 
@@ -147,9 +147,15 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
         "tolerance": tolerance(h, w),
         "peak_rss": peak,
         "window_seconds": planner.costs.window_seconds if planner._costs is not None else None,
+        "estimate": estimate_seconds(h, w, tuple(plan_scales(row)), row["stride"], planner.costs,
+                                     window=cfg.window, shapes=crop_shapes(h, w, cfg)),
         "provider": runner.provider,
     }
     out.write_text(json.dumps(result))
+
+
+def plan_scales(row: dict) -> list[float]:
+    return [float(s) for s in str(row["scales"]).split("/")]
 
 
 def run_size(megapixels: float, model: Path, args: argparse.Namespace, workdir: Path) -> dict:
@@ -245,7 +251,8 @@ def non_model_share(r: dict) -> float:
 
 
 def table(results: list[dict]) -> str:
-    head = ["MP", "H x W", "plan", *STAGES, "image s", "+start", "e2e s", "tol s", "MP/s", "peak MB", "non-model"]
+    head = ["MP", "H x W", "plan", *STAGES, "image s", "est s", "+start", "e2e s", "tol s", "MP/s", "peak MB",
+            "non-model"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         t = r["timings"]
@@ -256,6 +263,7 @@ def table(results: list[dict]) -> str:
             f"{r['scales']} @{r['stride']}",
             *(f"{t.get(k, 0.0):.2f}" for k in STAGES),
             f"{r['seconds']:.1f}",
+            f"{r['estimate']:.1f}",
             f"{r['startup']:.1f}",
             f"{r['end_to_end']:.1f}",
             f"{r['tolerance']:.0f}",

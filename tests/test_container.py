@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +18,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
 from app.protocol import CSV_HEADER, NAME_PREFIX
+from app.reader import list_inputs
 from app.writer import output_name
 from tests.docker_engine import Engine, base_key, docker, image_size, import_base, require_tools
-from tests.onnx_models import disc_image
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE_IMAGES = REPO / "samples" / "images"
+SAMPLE_LABELS = REPO / "samples" / "labels"
 RUN_TAG = f"{os.getpid()}"
 BASE_IMAGE = f"mt2-test-base:{base_key()}"
 APP_IMAGE = f"mt2-test:{RUN_TAG}"
@@ -37,38 +39,38 @@ LABEL_DTYPES = (np.uint16, np.uint32)
 EXIT_IMAGE_FAILED = 1
 CORRUPT_NAME = "broken_01.png"
 CORRUPT_BYTES = b"\x89PNG\r\n\x1a\n" + b"not a real image" * 8
-
-# Test images: bright discs ("cells") on black, one 8-bit gray PNG and one 16-bit RGB TIFF.
-DISC_RADIUS = 18
-SAMPLES = {
-    "cell_00001.png": ((240, 320), [(60, 70), (120, 200), (190, 90)]),
-    "cell_00002.tif": ((256, 224), [(64, 64), (180, 150)]),
-}
+# Folders besides the whole sample set, each a few samples (one image costs seconds on a CPU).
+FEW_SAMPLES = 2
 
 
-def _write_sample(path: Path, shape: tuple[int, int], centres: list[tuple[int, int]]) -> None:
-    gray = disc_image(shape, centres, DISC_RADIUS)
-    if path.suffix == ".png":
-        Image.fromarray(gray).save(path)
-    else:
-        rgb = np.repeat(gray[..., None].astype(np.uint16) * 257, 3, axis=2)
-        tifffile.imwrite(path, rgb, photometric="rgb")
+def _sample_names() -> list[str]:
+    images, _ = list_inputs(SAMPLE_IMAGES)
+    return [path.name for path in images]
+
+
+def _folder(root: Path, name: str, samples: list[str], corrupt: bool = False) -> Path:
+    """A world-readable input folder holding copies of `samples` (and a corrupt PNG), like a user's folder."""
+    folder = root / name
+    folder.mkdir()
+    folder.chmod(0o755)
+    for sample in samples:
+        shutil.copyfile(SAMPLE_IMAGES / sample, folder / sample)
+    if corrupt:
+        (folder / CORRUPT_NAME).write_bytes(CORRUPT_BYTES)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """`good`: the sample images; `mixed`: one sample and a corrupt file. World-readable, like a user's folder."""
+    """`all`: every sample image; `few`: the first samples; `mixed`: one sample and a corrupt file."""
+    names = _sample_names()
+    assert len(names) >= FEW_SAMPLES, f"{SAMPLE_IMAGES} holds {len(names)} images"
     root = tmp_path_factory.mktemp("container-inputs")
-    folders = {"good": root / "good", "mixed": root / "mixed"}
-    for folder in folders.values():
-        folder.mkdir()
-        folder.chmod(0o755)
-    for name, (shape, centres) in SAMPLES.items():
-        _write_sample(folders["good"] / name, shape, centres)
-    first = next(iter(SAMPLES))
-    _write_sample(folders["mixed"] / first, *SAMPLES[first])
-    (folders["mixed"] / CORRUPT_NAME).write_bytes(CORRUPT_BYTES)
-    return folders
+    return {
+        "all": _folder(root, "all", names),
+        "few": _folder(root, "few", names[:FEW_SAMPLES]),
+        "mixed": _folder(root, "mixed", names[:1], corrupt=True),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -106,18 +108,20 @@ def _mounts(inputs: Path, outputs: Path) -> list[str]:
     return ["-v", f"{inputs}/:/workspace/inputs/", "-v", f"{outputs}/:/workspace/outputs/"]
 
 
-def _check_labels(folder: Path, names: list[str]) -> None:
-    """Every sample has its label file: the right name, the image's shape, an integer type, a cell on each disc."""
-    for name in names:
-        shape, centres = SAMPLES[name]
-        path = folder / output_name(name)
-        assert path.is_file(), f"{path.name} missing; folder holds {sorted(p.name for p in folder.iterdir())}"
-        labels = tifffile.imread(path)
-        assert labels.shape == shape, f"{path.name}: shape {labels.shape}, expected {shape}"
-        assert labels.dtype in LABEL_DTYPES, f"{path.name}: dtype {labels.dtype}"
-        on_discs = [int(labels[y, x]) for y, x in centres]
-        assert all(on_discs), f"{path.name}: a disc centre is background ({on_discs})"
-        assert len(set(on_discs)) == len(centres), f"{path.name}: discs share labels ({on_discs})"
+def _check_labels(outputs: Path, inputs: Path) -> None:
+    """Every sample of `inputs` has its label file: the right name, the image's shape, an integer type, and
+    labelled pixels on the cells of the sample's ground truth."""
+    for image in list_inputs(inputs)[0]:
+        if image.name == CORRUPT_NAME:
+            continue
+        name = output_name(image)
+        path = outputs / name
+        assert path.is_file(), f"{name} missing; {outputs.name} holds {sorted(p.name for p in outputs.iterdir())}"
+        labels, truth = tifffile.imread(path), tifffile.imread(SAMPLE_LABELS / name)
+        assert labels.shape == truth.shape, f"{name}: shape {labels.shape}, expected {truth.shape}"
+        assert labels.dtype in LABEL_DTYPES, f"{name}: dtype {labels.dtype}"
+        if truth.any():
+            assert labels[truth > 0].any(), f"{name}: no cell found where the ground truth has cells"
 
 
 def _owners(folder: Path) -> set[int]:
@@ -149,9 +153,9 @@ def test_user_invocation_writes_as_the_output_folders_owner(app_image: str, inpu
     if os.geteuid() == 0:
         os.chown(outputs, HOST_USER_UID, HOST_USER_UID)
     owner = outputs.stat().st_uid
-    done = _run("user", *_mounts(inputs["good"], outputs), app_image, "predict.sh")
+    done = _run("user", *_mounts(inputs["all"], outputs), app_image, "predict.sh")
     assert done.returncode == 0, done.stdout
-    _check_labels(outputs, list(SAMPLES))
+    _check_labels(outputs, inputs["all"])
     assert _owners(outputs) == {owner}
 
 
@@ -159,9 +163,9 @@ def test_official_invocation_with_an_output_folder_docker_creates_as_root(
     app_image: str, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     outputs = tmp_path / "outputs"  # absent: the engine creates it, owned by root
-    done = _run("official", "-m", "28g", *_mounts(inputs["good"], outputs), app_image, "/bin/bash", "-c", "sh predict.sh")
+    done = _run("official", "-m", "28g", *_mounts(inputs["few"], outputs), app_image, "/bin/bash", "-c", "sh predict.sh")
     assert done.returncode == 0, done.stdout
-    _check_labels(outputs, list(SAMPLES))
+    _check_labels(outputs, inputs["few"])
     assert 0 not in _owners(outputs), "label files were written by root"
 
 
@@ -170,8 +174,7 @@ def test_a_corrupt_file_fails_alone(app_image: str, inputs: dict[str, Path], tmp
     done = _run("corrupt", *_mounts(inputs["mixed"], outputs), app_image, "/bin/bash", "-c", "sh predict.sh")
     assert done.returncode == EXIT_IMAGE_FAILED, done.stdout
     assert CORRUPT_NAME in done.stdout
-    good = [name for name in SAMPLES if (inputs["mixed"] / name).exists()]
-    _check_labels(outputs, good)
+    _check_labels(outputs, inputs["mixed"])
     assert not (outputs / output_name(CORRUPT_NAME)).exists()
 
 
@@ -183,10 +186,10 @@ def test_timing_protocol_runs_one_container_per_image(app_image: str, inputs: di
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert done.returncode == EXIT_IMAGE_FAILED, done.stdout
-    assert "2 images:" in done.stdout and "1 failed (broken_01.png)" in done.stdout, done.stdout
+    assert "2 images:" in done.stdout and f"1 failed ({CORRUPT_NAME})" in done.stdout, done.stdout
     with table.open(newline="") as handle:
         rows = list(csv.reader(handle))
     assert tuple(rows[0]) == CSV_HEADER
     assert sorted(row[0] for row in rows[1:]) == sorted(p.name for p in inputs["mixed"].iterdir())
     assert all(float(real) > 0 and float(ranked) >= 0 for _, real, ranked in rows[1:])
-    _check_labels(outputs, [name for name in SAMPLES if (inputs["mixed"] / name).exists()])
+    _check_labels(outputs, inputs["mixed"])

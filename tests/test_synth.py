@@ -16,7 +16,7 @@ from app.metric import read_labels
 from app.normalize import is_fluorescence, normalize, to_rgb
 from app.reader import read_image
 from training.synth import fields as F
-from training.synth.formats import StorageFormat, quantise
+from training.synth.formats import StorageFormat, pick_format, quantise
 from training.synth.generate import generate_dataset, make_sample
 from training.synth.layout import finalize, place_cells, tessellate
 from training.synth.modalities import dic_shading
@@ -62,17 +62,18 @@ def test_formats_read_back_by_the_app(tmp_path: Path, fmt: StorageFormat) -> Non
     clean = gray if fmt.layout == "gray" else np.stack([np.zeros_like(gray), gray, 1.0 - gray], axis=2)
     stored = quantise(rng, clean, fmt)
     assert stored.dtype == np.dtype(fmt.dtype)
-    path = tmp_path / f"img{fmt.ext}"
-    write_image(path, stored, fmt)
-    back = read_image(path, MAX_PIXELS)
     expected = stored[:, :, None] if stored.ndim == 2 else stored
     if fmt.layout == "chw":
         expected = np.moveaxis(stored, 0, 2)
-    assert back.shape == expected.shape and back.dtype == expected.dtype
-    if fmt.ext == ".jpg":
-        assert np.abs(back.astype(int) - expected.astype(int)).mean() < 3.0
-    else:
-        np.testing.assert_array_equal(back, expected)
+    for zlib in (False, True) if fmt.ext in (".tif", ".tiff") else (False,):
+        path = tmp_path / f"img{int(zlib)}{fmt.ext}"
+        write_image(path, stored, fmt, tiff_zlib=zlib)
+        back = read_image(path, MAX_PIXELS)
+        assert back.shape == expected.shape and back.dtype == expected.dtype
+        if fmt.ext == ".jpg":
+            assert np.abs(back.astype(int) - expected.astype(int)).mean() < 3.0
+        else:
+            np.testing.assert_array_equal(back, expected)
 
 
 def test_dataset_layout_meta_and_exact_labels(tmp_path: Path) -> None:
@@ -197,16 +198,33 @@ def app_rgb(sample) -> np.ndarray:  # noqa: ANN001
 
 def test_fluorescence_has_an_empty_red_channel_and_a_dark_background() -> None:
     cfg = small("fluorescence")
-    bits = set()
-    for i in range(8):
+    bits, layouts = set(), set()
+    for i in range(12):
         s = make_sample(21, "labelled", i, cfg)
         rgb = app_rgb(s)
         bits.add(rgb.dtype.itemsize)
-        assert not rgb[..., 0].any()
-        assert is_fluorescence(normalize(rgb, InferenceConfig()), InferenceConfig())
-        signal = rgb[..., 1:].astype(float).max(axis=2)
-        assert np.median(signal[s.labels == 0]) < np.median(signal[s.labels > 0])
+        layouts.add(s.fmt.layout)
+        if s.fmt.layout != "gray":  # one-channel images may also be stored as plain grayscale
+            assert not rgb[..., 0].any()
+            assert is_fluorescence(normalize(rgb, InferenceConfig()), InferenceConfig())
+        signal = rgb.astype(float).max(axis=2)
+        assert np.median(signal[s.labels == 0]) < 0.5 * np.median(signal[s.labels > 0])
     assert bits == {1, 2}
+    assert "rgb" in layouts
+
+
+def test_only_one_channel_images_are_stored_as_grayscale() -> None:
+    rng = np.random.default_rng(0)
+    choices = ((StorageFormat(".png", "uint8", "gray"), 1.0), (StorageFormat(".png", "uint8", "rgb"), 1.0))
+    one = np.zeros((8, 8, 3), np.float32)
+    one[..., 2] = 0.5
+    two = one.copy()
+    two[..., 1] = 0.5
+    assert {pick_format(rng, choices, two).layout for _ in range(30)} == {"rgb"}
+    assert {pick_format(rng, choices, one).layout for _ in range(30)} == {"gray", "rgb"}
+    np.testing.assert_array_equal(quantise(rng, one, choices[0][0]), np.full((8, 8), 128, np.uint8))
+    with pytest.raises(ValueError):
+        quantise(rng, two, choices[0][0])
 
 
 def test_brightfield_light_background_and_unlabelled_unstained_lookalikes() -> None:

@@ -3,6 +3,7 @@ and a two-process Gloo run."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 import socket
 from pathlib import Path
@@ -17,8 +18,8 @@ import torch.multiprocessing as mp
 from app.config import InferenceConfig
 from training.config import TrainConfig, load_config
 from training.data import prepare_all, split_dataset, steps_per_epoch
-from training.model import MT2Net
-from training.trainer import BEST, LAST, build_optimizer, cosine_factor, load_checkpoint, train
+from training.model import ModelConfig, MT2Net
+from training.trainer import BEST, LAST, build_optimizer, cosine_factor, load_checkpoint, load_encoder_weights, train
 
 torch.set_num_threads(1)
 
@@ -91,6 +92,22 @@ def test_cosine_schedule_and_parameter_groups():
     encoder = {id(p) for p in net.encoder.parameters()}
     assert {id(p) for p in groups[0]["params"]} == encoder
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_encoder_weights_load_from_a_torchvision_state_dict(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    net = MT2Net(ModelConfig(encoder="resnet18", decoder_channels=(8, 8, 8, 8, 8)))
+    count = load_encoder_weights(net, path)
+    assert count == len(net.encoder.state_dict())  # everything but the classifier (fc)
+    assert torch.equal(net.encoder.conv1.weight, reference.conv1.weight)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="other.pth: no tensor matches the resnet18 encoder"):
+        load_encoder_weights(net, tmp_path / "other.pth")
 
 
 def test_steps_per_epoch_counts_all_ranks():
@@ -168,10 +185,8 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 2 * steps_per_epoch(3, 1, 2, 1)
     assert a["teacher"] is not None  # the resumed half crossed the end of warm-up
     assert _states_equal(a["student"], b["student"]) and _states_equal(a["teacher"], b["teacher"])
-    rows_full = (full / "log.csv").read_text().splitlines()
-    rows_resumed = (resumed / "log.csv").read_text().splitlines()
-    loss = lambda row: row.split(",")[5]  # noqa: E731 - loss_total column
-    assert loss(rows_full[-1]) == loss(rows_resumed[-1])
+    last_row = lambda run: list(csv.DictReader(open(run / "log.csv")))[-1]  # noqa: E731
+    assert last_row(full)["loss_total"] == last_row(resumed)["loss_total"]
 
 
 def test_checkpoint_holds_the_agreed_keys(tmp_path):

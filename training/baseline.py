@@ -28,15 +28,21 @@ from app.config import InferenceConfig
 from app.normalize import is_fluorescence, normalize, to_rgb
 
 
+MAX_SPACING = 50  # px: largest seed spacing
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
     """Settings of the classical baseline."""
 
     smooth_sigma: float = 1.0  # px: Gaussian smoothing of the score before thresholding
     background_sigma: float = 25.0  # px: scale of the background estimate for grey images
+    polarity_skew: float = 0.5  # |skewness| of the local contrast above which grey cells have one polarity
     colour_spread: float = 12.0  # mean channel spread (0..255) above which an image counts as colour
     min_area: int = 30  # px: objects smaller than this are removed
-    min_distance: int = 5  # px: minimum distance between watershed seeds
+    min_distance: int = 3  # px: smallest distance between watershed seeds
+    radius_spacing: float = 1.0  # seed spacing as a fraction of the typical inscribed radius of the objects
+    radius_percentile: float = 75.0  # which percentile of the objects' inscribed radii is typical
     peak_fraction: float = 0.35  # seeds need a distance of at least this share of their object's maximum
 
 
@@ -50,8 +56,12 @@ def foreground_score(rgb_u8: np.ndarray, fluorescence: bool, cfg: BaselineConfig
         score = np.clip(background[None, None, :] - rgb, 0.0, None).max(axis=2)
     else:
         gray = rgb.mean(axis=2)
-        score = np.abs(gray - ndi.gaussian_filter(gray, cfg.background_sigma))
-        score = ndi.gaussian_filter(score, 2.0 * cfg.smooth_sigma)
+        contrast = gray - ndi.gaussian_filter(gray, cfg.background_sigma)
+        skew = float(np.mean(contrast**3) / max(float(np.mean(contrast**2)) ** 1.5, 1e-6))
+        if abs(skew) > cfg.polarity_skew:  # cells clearly darker (phase) or brighter than their surroundings
+            score = np.sign(skew) * contrast
+        else:  # relief (DIC): both bright and dark sides are cell
+            score = ndi.gaussian_filter(np.abs(contrast), 2.0 * cfg.smooth_sigma)
     return ndi.gaussian_filter(score, cfg.smooth_sigma).astype(np.float32)
 
 
@@ -71,7 +81,11 @@ def split_touching(mask: np.ndarray, cfg: BaselineConfig = BaselineConfig()) -> 
     components, n = ndi.label(mask)
     peak_of = ndi.maximum(dist, components, index=np.arange(1, n + 1))
     floor = np.concatenate([[np.inf], cfg.peak_fraction * np.asarray(peak_of)])[components]
-    peaks = peak_local_max(dist, min_distance=cfg.min_distance, labels=components, exclude_border=False)
+    # Seeds closer than most cells are wide would cut cells apart: scale the seed spacing with the median
+    # inscribed radius of the objects (isolated cells dominate the median).
+    typical = float(np.percentile(peak_of, cfg.radius_percentile))
+    spacing = int(np.clip(round(cfg.radius_spacing * typical), cfg.min_distance, MAX_SPACING))
+    peaks = peak_local_max(dist, min_distance=spacing, labels=components, exclude_border=False)
     keep = dist[peaks[:, 0], peaks[:, 1]] >= floor[peaks[:, 0], peaks[:, 1]]
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[peaks[keep, 0], peaks[keep, 1]] = np.arange(1, int(keep.sum()) + 1)

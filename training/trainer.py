@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from app.config import InferenceConfig
 from training.augment import apply_cutmix, cutmix_boxes
@@ -267,7 +268,7 @@ def train_step(
 class CsvLog:
     """One row per epoch in RUN_DIR/log.csv (appended on resume), mirrored to TensorBoard when installed."""
 
-    FIELDS = ("epoch", "step", "lr", "seconds", "sec_per_step") + tuple(f"loss_{t}" for t in LOSS_TERMS) + (
+    FIELDS = ("epoch", "step", "lr", "seconds", "sec_per_step", "cpu_sec_per_step") + tuple(f"loss_{t}" for t in LOSS_TERMS) + (
         "val_f1",
         "teacher",
     )
@@ -469,9 +470,7 @@ def _train(
         )
         sums = {name: 0.0 for name in LOSS_TERMS}
         done = 0
-        started = time.perf_counter()
-        from tqdm import tqdm
-
+        started, cpu_started = time.perf_counter(), time.process_time()
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                    disable=not (cfg.runtime.progress and place.main), file=sys.stderr)
         for batch in labelled_loader:
@@ -486,7 +485,7 @@ def _train(
             bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
         bar.close()
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         epoch += 1
         last_epoch = epoch >= cfg.schedule.epochs or step >= total_steps
         metrics["val_f1"] = None
@@ -501,7 +500,8 @@ def _train(
             else:
                 improved = not data.validation
             row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[-1], "seconds": round(seconds, 3),
-                   "sec_per_step": round(seconds / max(done, 1), 4), "teacher": int(teacher is not None),
+                   "sec_per_step": round(seconds / max(done, 1), 4),
+                   "cpu_sec_per_step": round(cpu_seconds / max(done, 1), 4), "teacher": int(teacher is not None),
                    "val_f1": metrics["val_f1"] if metrics["val_f1"] is not None else ""}
             row.update({f"loss_{k}": v / max(done, 1) for k, v in sums.items()})
             csv_log.write(row)

@@ -43,10 +43,17 @@ class StorageFormat:
         return f"{self.ext.lstrip('.')}/{self.dtype}/{self.layout}"
 
 
-def pick_format(rng: np.random.Generator, choices: tuple[tuple[StorageFormat, float], ...]) -> StorageFormat:
-    """Draw one format from (format, weight) pairs."""
-    weights = np.array([w for _, w in choices], dtype=float)
-    return choices[int(rng.choice(len(choices), p=weights / weights.sum()))][0]
+def pick_format(
+    rng: np.random.Generator, choices: tuple[tuple[StorageFormat, float], ...], image: np.ndarray | None = None
+) -> StorageFormat:
+    """Draw one format from (format, weight) pairs, among those that can hold `image` when given.
+
+    A colour image fits a grayscale format only when at most one of its channels holds signal (a
+    one-channel fluorescence image may be stored as plain grayscale, as many microscopes do).
+    """
+    fits = [(f, w) for f, w in choices if image is None or f.layout != "gray" or _live_count(image) <= 1]
+    weights = np.array([w for _, w in fits], dtype=float)
+    return fits[int(rng.choice(len(fits), p=weights / weights.sum()))][0]
 
 
 def quantise(
@@ -62,7 +69,9 @@ def quantise(
     img = np.clip(image, 0.0, 1.0)
     if fmt.layout == "gray":
         if img.ndim == 3:
-            raise ValueError("a colour image cannot be stored as grayscale")
+            if _live_count(img) > 1:
+                raise ValueError("a colour image cannot be stored as grayscale")
+            img = img.max(axis=2)
     elif img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if fmt.dtype == "uint16":
@@ -84,3 +93,8 @@ def _live_channels(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         return np.ones((1, 1), dtype=bool)
     return (img.reshape(-1, img.shape[2]) != 0).any(axis=0)[None, None, :]
+
+
+def _live_count(img: np.ndarray) -> int:
+    """Number of channels that hold any signal (1 for a grayscale image)."""
+    return int(_live_channels(img).sum()) if img.ndim == 3 else 1

@@ -21,6 +21,7 @@ from training.synth.params import ModalityParams, SynthConfig
 from training.synth.writer import LABEL_SUFFIX, write_image, write_labels, write_meta
 
 MAX_RETRIES = 20
+TIFF_ZLIB_SHARE = 0.5  # share of TIFF images written deflate-compressed
 SPLITS = {"labelled": ("images", "cell"), "unlabelled": ("unlabeled", "unlabeled")}
 
 
@@ -37,6 +38,7 @@ class Sample:
     labels: np.ndarray  # int32 H×W, 0 = background, 1..N
     lookalikes: np.ndarray  # int32 H×W, cells deliberately left unlabelled
     jpeg_quality: int
+    tiff_zlib: bool
 
     @property
     def file_name(self) -> str:
@@ -81,18 +83,18 @@ def make_sample(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfi
     recorded = acquire(
         rng, scene.clean, light, uniform(rng, p.blur), uniform(rng, p.photons), uniform(rng, p.read_noise)
     )
-    fmt = pick_format(rng, p.formats)
+    fmt = pick_format(rng, p.formats, recorded)
     stored = quantise(rng, recorded, fmt, p.uint8_gain)
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
-    return Sample(
-        sample_name(split, index), split, p.name, scene.style, stored, fmt, scene.labels, scene.lookalikes, quality
-    )
+    zlib = bool(rng.random() < TIFF_ZLIB_SHARE)
+    name = sample_name(split, index)
+    return Sample(name, split, p.name, scene.style, stored, fmt, scene.labels, scene.lookalikes, quality, zlib)
 
 
 def save_sample(out: Path, sample: Sample) -> dict:
     """Write one sample's image (and labels when labelled) under `out`; return its meta.csv row."""
     folder = SPLITS[sample.split][0]
-    write_image(out / folder / sample.file_name, sample.image, sample.fmt, sample.jpeg_quality)
+    write_image(out / folder / sample.file_name, sample.image, sample.fmt, sample.jpeg_quality, sample.tiff_zlib)
     if sample.split == "labelled":
         write_labels(out / "labels" / (sample.name + LABEL_SUFFIX), sample.labels)
     h, w = sample.labels.shape

@@ -196,12 +196,14 @@ def _transmission(od: dict[str, np.ndarray], white: np.ndarray, jitter: np.ndarr
 def render_brightfield(rng: np.random.Generator, p: BrightfieldParams, hw: tuple[int, int]) -> Scene:
     """Stained cells (labelled) on a light background among unstained look-alikes (not labelled)."""
     style = pick(rng, p.styles)
-    d = log_uniform(rng, p.diameter)
     coverage = uniform(rng, p.coverage)
-    if style == "smear":
-        coverage *= 0.4  # few white cells among many red cells
+    shapes = p.shapes
+    if style == "smear":  # few round or lobed white cells, larger than the many red cells around them
+        d, shapes, coverage = log_uniform(rng, p.smear_diameter), (("round", 3.0), ("lobed", 0.5)), coverage * 0.4
+    else:
+        d = log_uniform(rng, p.diameter)
     labels = draw_cells(
-        rng, hw, pick(rng, p.layouts), d, p.diameter_spread, p.shapes, coverage, uniform(rng, p.touch_overlap)
+        rng, hw, pick(rng, p.layouts), d, p.diameter_spread, shapes, coverage, uniform(rng, p.touch_overlap)
     )
     n = int(labels.max())
     ratio = uniform(rng, p.lookalike_ratio)
@@ -225,14 +227,16 @@ def render_brightfield(rng: np.random.Generator, p: BrightfieldParams, hw: tuple
     look_od = F.per_cell(look, _cell_values(rng, int(look.max()), 0.2, 0.5)) * faint * F.edge_profile(ldist, ramp)
     od: dict[str, np.ndarray] = {}
     if style == "smear":
-        nucleus = np.clip((depth - rng.uniform(0.25, 0.5)) / 0.15, 0.0, 1.0)
-        od["giemsa"] = cell_od * (0.4 + 0.6 * nucleus)
+        # White cells: a dark, often lobed nucleus (depth perturbed by smooth noise) in pale cytoplasm.
+        lobes = depth + 0.3 * F.smooth_noise(rng, hw, max(d / 6.0, 1.0))
+        nucleus = np.clip((lobes - rng.uniform(0.3, 0.5)) / 0.1, 0.0, 1.0) * (labels > 0)
+        od["giemsa"] = cell_od * (0.35 + 0.65 * nucleus)
         pallor = 1.0 - rng.uniform(0.3, 0.7) * np.clip(ldepth - 0.4, 0.0, 1.0) / 0.6
         od["eosin"] = look_od * pallor * rng.uniform(1.5, 3.0)
     elif style == "tissue":
         od["hematoxylin"] = cell_od + look_od
         lumen = F.smooth_noise(rng, hw, d * rng.uniform(2.0, 5.0)) > rng.uniform(0.3, 1.5)
-        fibres = 0.6 + 0.5 * F.smooth_noise(rng, hw, max(d / 4.0, 1.5)) + 0.3 * F.smooth_noise(rng, hw, 1.0)
+        fibres = 0.6 + 0.5 * F.smooth_noise(rng, hw, max(d / 4.0, 1.5)) + 0.2 * F.smooth_noise(rng, hw, 1.5)
         stroma = uniform(rng, p.stroma_od) * np.clip(fibres, 0.0, None) * ~lumen
         od["eosin"] = np.where(labels > 0, 0.3, 1.0) * ndi.gaussian_filter(stroma.astype(np.float32), 1.0)
     else:

@@ -85,6 +85,9 @@ class FluorescenceParams(ModalityParams):
         (StorageFormat(".tif", "uint16", "chw"), 1.0),
         (StorageFormat(".png", "uint16", "rgb"), 0.7),
         (StorageFormat(".bmp", "uint8", "rgb"), 0.7),
+        # One-channel images stored as plain grayscale (no empty red channel to detect them by).
+        (StorageFormat(".tif", "uint16", "gray"), 0.6),
+        (StorageFormat(".png", "uint8", "gray"), 0.4),
     )
 
 
@@ -107,13 +110,14 @@ class BrightfieldParams(ModalityParams):
     # Styles: blood smear (pale red cells unlabelled), tissue (eosin stroma, pale nuclei unlabelled),
     # stained culture (unstained cells unlabelled).
     styles: Weights = (("smear", 1.0), ("tissue", 1.2), ("culture", 1.0))
+    smear_diameter: Range = (22.0, 60.0)  # white cells of blood smears
     stained_od: Range = (0.5, 1.2)  # optical density of a labelled cell's stain at its darkest
     unstained_od: Range = (0.03, 0.1)  # optical density of an unstained look-alike
     lookalike_ratio: Range = (0.3, 3.0)  # unlabelled look-alikes per labelled cell
     texture: Range = (0.1, 0.4)
     edge_ramp: Range = (0.8, 3.0)
     background_od: Range = (0.0, 0.08)  # tint of the empty slide
-    stroma_od: Range = (0.08, 0.35)  # eosin-stained tissue between nuclei (tissue style)
+    stroma_od: Range = (0.06, 0.28)  # eosin-stained tissue between nuclei (tissue style)
     formats: FormatWeights = (
         (StorageFormat(".png", "uint8", "rgb"), 4.0),
         (StorageFormat(".jpg", "uint8", "rgb"), 1.0),

@@ -63,7 +63,7 @@ def capsule(rng: np.random.Generator, diameter: float, aspect: float, bend: floa
 def lobed(rng: np.random.Generator, diameter: float) -> np.ndarray:
     """Union of two or three overlapping ellipses: kidney, dumbbell and lobed (granulocyte-like) cells."""
     n = int(rng.integers(2, 4))
-    lobe = diameter / (1.2 + 0.45 * n)
+    lobe = diameter / (0.9 + 0.35 * n)
     centres = [np.zeros(2)]
     direction = rng.uniform(0.0, 2.0 * np.pi)
     for _ in range(n - 1):

@@ -19,16 +19,22 @@ LABEL_SUFFIX = "_label.tiff"
 META_COLUMNS = ("name", "split", "modality", "style", "height", "width", "file", "format", "cells")
 
 
-def write_image(path: Path, image: np.ndarray, fmt: StorageFormat, jpeg_quality: int = JPEG_QUALITY[1]) -> None:
-    """Write an already quantised image (`formats.quantise`) in the format's container."""
+def write_image(
+    path: Path, image: np.ndarray, fmt: StorageFormat, jpeg_quality: int = JPEG_QUALITY[1], tiff_zlib: bool = False
+) -> None:
+    """Write an already quantised image (`formats.quantise`) in the format's container.
+
+    TIFFs are written uncompressed or, with `tiff_zlib`, deflate-compressed (both occur in practice).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt.ext in (".tif", ".tiff"):
+        extra = {"compression": "zlib"} if tiff_zlib else {}
         if fmt.layout == "gray":
-            tifffile.imwrite(path, image, photometric="minisblack")
+            tifffile.imwrite(path, image, photometric="minisblack", **extra)
         elif fmt.layout == "chw":
-            tifffile.imwrite(path, image, photometric="rgb", planarconfig="separate")
+            tifffile.imwrite(path, image, photometric="rgb", planarconfig="separate", **extra)
         else:
-            tifffile.imwrite(path, image, photometric="rgb")
+            tifffile.imwrite(path, image, photometric="rgb", **extra)
     elif fmt.ext == ".png" and image.dtype == np.uint16 and image.ndim == 3:
         path.write_bytes(imagecodecs.png_encode(image))  # Pillow cannot write 16-bit colour PNG
     elif fmt.ext in (".jpg", ".jpeg"):
