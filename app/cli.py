@@ -158,9 +158,12 @@ def timing(image: str, input_dir: str, output_dir: str, csv_path: str | None, do
     Arguments after `--` go to `docker container run` (e.g. `-- --gpus device=0`). Exit code 1 when any
     image produced no label file.
     """
-    from app.protocol import run_line, run_protocol, summary, write_csv
+    from app.protocol import DockerMissing, run_line, run_protocol, summary, write_csv
 
-    runs = run_protocol(image, input_dir, output_dir, docker_args, on_run=lambda run: click.echo(run_line(run)))
+    try:
+        runs = run_protocol(image, input_dir, output_dir, docker_args, on_run=lambda run: click.echo(run_line(run)))
+    except DockerMissing as exc:
+        raise click.ClickException(str(exc)) from exc
     if not runs:
         raise click.ClickException(f"no images in {input_dir}")
     if csv_path:

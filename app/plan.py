@@ -215,10 +215,11 @@ def parse_budget(value: str) -> float | str:
 class Probe:
     """How the planner times the model before the first image.
 
-    On the CPU a convolutional network's time grows with the pixel count even for small inputs (about 1.0-1.1 s
-    per 512 x 512 window at 128, 256 and 512 pixel sides with the shipped architecture on the 2-core reference
-    machine), so a few calls on one small window give the per-window time in under half a second; the median
-    is kept because one scheduling hiccup, scaled up 16 times, would otherwise wreck the estimate. On a GPU
+    On the CPU a convolutional network's time grows with the pixel count even for small inputs (0.9-1.2 s per
+    512 x 512 window-equivalent at 128, 256 and 512 pixel sides with the shipped architecture on the 2-core
+    reference machine, docs/SPEED.md), so a few calls on one small window give the per-window time in under
+    half a second; the median is kept because one scheduling hiccup, scaled up 16 times, would otherwise
+    wreck the estimate. On a GPU
     small inputs underuse the device, so it is timed on a real batch after one warm-up, which the real run
     would pay anyway.
     """

@@ -39,6 +39,10 @@ SHARED_DIR_MODE = 0o755
 SHARED_FILE_MODE = 0o644
 
 
+class DockerMissing(RuntimeError):
+    """The docker client is not on PATH."""
+
+
 @dataclass(frozen=True)
 class TimedRun:
     """One image's container run: wall seconds, its tolerance, and whether it produced its label file."""
@@ -95,9 +99,11 @@ def image_tolerance(path: Path, cfg: InferenceConfig) -> float:
     return tolerance(height, width)
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+def failure_detail(output: str, name: str) -> str:
+    """The container's last line about the image `name`, else its last line at all."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    about = [line for line in lines if name in line]
+    return (about or lines or [""])[-1]
 
 
 def time_one(
@@ -121,7 +127,7 @@ def time_one(
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
         seconds = time.perf_counter() - start
     found = expected.is_file()
-    detail = _last_line(done.stdout) if done.returncode != 0 or not found else ""
+    detail = failure_detail(done.stdout, path.name) if done.returncode != 0 or not found else ""
     return TimedRun(path.name, seconds, image_tolerance(path, cfg), done.returncode, found, detail)
 
 
@@ -134,6 +140,8 @@ def run_protocol(
     on_run: Callable[[TimedRun], None] | None = None,
 ) -> list[TimedRun]:
     """Time every image of `input_dir` in its own container run; labels accumulate in `output_dir`."""
+    if shutil.which(DOCKER) is None:
+        raise DockerMissing(f"{DOCKER} is not on PATH: the protocol needs the Docker client and a running engine")
     cfg = cfg or InferenceConfig()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Accuracy on a held-out synthetic set: F1 per modality and overall, for the methods the project compares.
 
-    python3 benchmarks/accuracy.py                                  # everything, defaults (about 20-30 min on 2 cores)
+    python3 benchmarks/accuracy.py                                  # everything (training budget: --max-steps)
     python3 benchmarks/accuracy.py --methods model,baseline         # shipped weights and the classical baseline only
     python3 benchmarks/accuracy.py --markdown accuracy.md --work runs/accuracy
 
@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
+    if args.seed == args.train_seed:
+        p.error("--seed (held-out set) must differ from --train-seed")
     if "model" in args.methods and not args.model.exists():
         p.error(f"--model {args.model} not found (train and export the shipped weights, or leave out 'model')")
     return args
@@ -163,7 +165,8 @@ def table(results: dict[str, dict[str, float]], counts: dict[str, int]) -> list[
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU threads ({cpu}), Python {platform.python_version()}"
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU threads ({cpu}), "
+            f"Python {platform.python_version()}")
 
 
 def run(args: argparse.Namespace) -> list[str]:

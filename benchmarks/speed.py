@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in verdicts(results, comparison, dense_post):
         print(line)
     if args.json_out is not None:
-        args.json_out.write_text(json.dumps({"sizes": results, "comparison": comparison, "dense_post_s_per_mp": dense_post}, indent=1))
+        everything = {"sizes": results, "comparison": comparison, "dense_post_s_per_mp": dense_post}
+        args.json_out.write_text(json.dumps(everything, indent=1))
     return 0
 
 

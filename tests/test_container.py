@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Engine:
+def engine() -> Iterator[Engine]:
     require_tools()
     running = Engine()
     running.start()
@@ -83,7 +84,7 @@ def engine() -> Engine:
 
 
 @pytest.fixture(scope="session")
-def app_image(engine: Engine) -> str:
+def app_image(engine: Engine) -> Iterator[str]:
     """The image built from the repository on the local base; removed afterwards with its containers."""
     imported = import_base(BASE_IMAGE)
     try:

@@ -10,17 +10,21 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 from app.config import InferenceConfig
 from app.protocol import (
     CONTAINER_COMMAND,
     CSV_HEADER,
+    DockerMissing,
     TimedRun,
     csv_text,
     docker_command,
+    failure_detail,
     image_tolerance,
     run_line,
+    run_protocol,
     summary,
     write_csv,
 )
@@ -96,3 +100,19 @@ def test_summary_totals_penalties_and_names_failures() -> None:
 def test_run_line_shows_time_tolerance_and_failure() -> None:
     assert run_line(_run("a.png", 4.0)) == "a.png: 4.00 s (tolerance 10.0 s, penalised 0.00 s)"
     assert run_line(_run("c.png", 1.0, found=False)).endswith("FAILED no c_label.tiff")
+
+
+def test_the_protocol_refuses_to_start_without_the_docker_client(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DockerMissing, match="docker is not on PATH"):
+        run_protocol("mt2", tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_detail_prefers_the_line_about_the_image() -> None:
+    output = "model on CPU\nFAILED broken.png: corrupt PNG header\n0 of 1 image(s) written; 1 failed\n"
+    assert failure_detail(output, "broken.png") == "FAILED broken.png: corrupt PNG header"
+    assert failure_detail("docker: Error response from daemon: no such image\n\n", "a.png") == (
+        "docker: Error response from daemon: no such image"
+    )
+    assert failure_detail("", "a.png") == ""

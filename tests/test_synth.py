@@ -23,7 +23,6 @@ from training.synth.modalities import dic_shading
 from training.synth.params import (
     BrightfieldParams,
     DicParams,
-    FluorescenceParams,
     PhaseParams,
     SynthConfig,
 )
@@ -93,6 +92,19 @@ def test_dataset_layout_meta_and_exact_labels(tmp_path: Path) -> None:
         assert labels.shape == image.shape[:2]
         assert_exact_instances(labels)
         assert int(labels.max()) == row["cells"] > 0
+
+
+def test_flat_layout_is_a_folder_the_app_can_segment(tmp_path: Path) -> None:
+    from app.reader import list_inputs
+
+    generate_dataset(tmp_path, labelled=3, unlabelled=1, seed=4, cfg=SynthConfig(96, 128), flat=True)
+    images, skipped = list_inputs(tmp_path)
+    assert [p.stem for p in images] == ["cell_00001", "cell_00002", "cell_00003"]
+    assert sorted(p.name for p in skipped) == ["labels", "unlabeled"]
+    meta = read_meta(tmp_path / "labels" / "meta.csv")
+    assert [r["file"] for r in meta[:3]] == [p.name for p in images]
+    for row, path in zip(meta, images):
+        assert int(read_labels(tmp_path / "labels" / f"{path.stem}_label.tiff").max()) == row["cells"]
 
 
 def assert_exact_instances(labels: np.ndarray) -> None:
@@ -167,12 +179,15 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert all(a[k] != c.get(k) for k in images)
 
 
-def test_image_does_not_depend_on_the_number_of_images() -> None:
-    one = make_sample(9, "labelled", 3, SMALL)
-    again = make_sample(9, "labelled", 3, SMALL)
-    np.testing.assert_array_equal(one.image, again.image)
-    np.testing.assert_array_equal(one.labels, again.labels)
-    assert not np.array_equal(make_sample(9, "unlabelled", 3, SMALL).labels.shape, (0, 0))
+def test_image_does_not_depend_on_the_number_of_images(tmp_path: Path) -> None:
+    cfg = SynthConfig(min_size=96, max_size=128)
+    one = generate_dataset(tmp_path / "one", 1, 0, seed=9, cfg=cfg)
+    three = generate_dataset(tmp_path / "three", 3, 2, seed=9, cfg=cfg)
+    assert one[0] == three[0]
+    first = one[0]["file"]
+    assert (tmp_path / "one" / first).read_bytes() == (tmp_path / "three" / first).read_bytes()
+    labelled, unlabelled = make_sample(9, "labelled", 0, cfg), make_sample(9, "unlabelled", 0, cfg)
+    assert labelled.labels.shape != unlabelled.labels.shape or not np.array_equal(labelled.labels, unlabelled.labels)
 
 
 def test_modality_proportions_follow_the_challenge() -> None:
@@ -305,3 +320,13 @@ def test_synth_command_writes_the_challenge_layout(tmp_path: Path) -> None:
     assert len(list((out / "labels").glob("*_label.tiff"))) == 3
     bad = CliRunner().invoke(cli, ["synth", "--out", str(out), "--modalities", "xray"])
     assert bad.exit_code != 0
+
+
+def test_samples_folder_is_what_the_documented_command_makes(tmp_path: Path) -> None:
+    """samples/ comes from `python -m training synth --out samples --labelled 8 --seed 12 --size 256 320 --flat`."""
+    samples = Path(__file__).resolve().parents[1] / "samples"
+    generate_dataset(tmp_path, labelled=8, unlabelled=0, seed=12, cfg=SynthConfig(256, 320), flat=True)
+    assert read_meta(samples / "labels" / "meta.csv") == read_meta(tmp_path / "labels" / "meta.csv")
+    for path in sorted((tmp_path / "labels").glob("*_label.tiff")):
+        np.testing.assert_array_equal(read_labels(samples / "labels" / path.name), read_labels(path))
+    assert sum(p.stat().st_size for p in samples.rglob("*") if p.is_file()) < 3_000_000

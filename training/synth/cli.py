@@ -28,10 +28,13 @@ def _split_names(values: tuple[str, ...]) -> list[str]:
               metavar="MIN MAX", help="Range of image height and width in pixels.")
 @click.option("--modalities", multiple=True, default=MODALITY_NAMES, show_default=True,
               help="Modalities to draw (repeat or comma-separate): " + ", ".join(MODALITY_NAMES) + ".")
+@click.option("--flat", is_flag=True,
+              help="Put labelled images directly in --out (labels/ and labels/meta.csv beside them), "
+                   "so the folder can be given to `python -m app predict` as it is.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (the output does not depend on it).")
 def synth(out: Path, labelled: int, unlabelled: int, seed: int, size: tuple[int, int],
-          modalities: tuple[str, ...], workers: int) -> None:
+          modalities: tuple[str, ...], flat: bool, workers: int) -> None:
     """Generate synthetic multi-modality microscopy with exact instance labels."""
     from training.synth.generate import generate_dataset
 
@@ -43,7 +46,7 @@ def synth(out: Path, labelled: int, unlabelled: int, seed: int, size: tuple[int,
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--modalities") from err
     start = time.perf_counter()
-    rows = generate_dataset(out, labelled, unlabelled, seed, cfg, workers=workers, progress=True)
+    rows = generate_dataset(out, labelled, unlabelled, seed, cfg, workers=workers, progress=True, flat=flat)
     seconds = time.perf_counter() - start
     counts = Counter(r["modality"] for r in rows)
     cells = sum(r["cells"] for r in rows if r["split"] == "labelled")

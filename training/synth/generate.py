@@ -21,6 +21,7 @@ from training.synth.params import ModalityParams, SynthConfig
 from training.synth.writer import LABEL_SUFFIX, write_image, write_labels, write_meta
 
 MAX_RETRIES = 20
+LABELS_DIR, META_FILE = "labels", "meta.csv"
 TIFF_ZLIB_SHARE = 0.5  # share of TIFF images written deflate-compressed
 SPLITS = {"labelled": ("images", "cell"), "unlabelled": ("unlabeled", "unlabeled")}
 
@@ -91,41 +92,55 @@ def make_sample(seed: int, split: str, index: int, cfg: SynthConfig = SynthConfi
     return Sample(name, split, p.name, scene.style, stored, fmt, scene.labels, scene.lookalikes, quality, zlib)
 
 
-def save_sample(out: Path, sample: Sample) -> dict:
-    """Write one sample's image (and labels when labelled) under `out`; return its meta.csv row."""
-    folder = SPLITS[sample.split][0]
-    write_image(out / folder / sample.file_name, sample.image, sample.fmt, sample.jpeg_quality, sample.tiff_zlib)
+def save_sample(out: Path, sample: Sample, flat: bool = False) -> dict:
+    """Write one sample's image (and labels when labelled) under `out`; return its meta.csv row.
+
+    `flat` puts labelled images directly in `out` (a folder the app can segment as it is).
+    """
+    folder = "" if flat and sample.split == "labelled" else SPLITS[sample.split][0]
+    image_path = out / folder / sample.file_name
+    write_image(image_path, sample.image, sample.fmt, sample.jpeg_quality, sample.tiff_zlib)
     if sample.split == "labelled":
-        write_labels(out / "labels" / (sample.name + LABEL_SUFFIX), sample.labels)
+        write_labels(out / LABELS_DIR / (sample.name + LABEL_SUFFIX), sample.labels)
     h, w = sample.labels.shape
     return {
         "name": sample.name, "split": sample.split, "modality": sample.modality, "style": sample.style,
-        "height": h, "width": w, "file": f"{folder}/{sample.file_name}", "format": sample.fmt.label,
+        "height": h, "width": w, "file": image_path.relative_to(out).as_posix(), "format": sample.fmt.label,
         "cells": int(sample.labels.max()),
     }
 
 
-def _job(args: tuple[Path, int, str, int, SynthConfig]) -> dict:
-    out, seed, split, index, cfg = args
-    return save_sample(out, make_sample(seed, split, index, cfg))
+def meta_path(out: Path, flat: bool = False) -> Path:
+    """Where meta.csv goes: `out/meta.csv`, or `out/labels/meta.csv` in the flat layout (out holds only images)."""
+    return Path(out) / LABELS_DIR / META_FILE if flat else Path(out) / META_FILE
+
+
+def _job(args: tuple[Path, int, str, int, SynthConfig, bool]) -> dict:
+    out, seed, split, index, cfg, flat = args
+    return save_sample(out, make_sample(seed, split, index, cfg), flat)
 
 
 def generate_dataset(
     out: Path, labelled: int, unlabelled: int, seed: int, cfg: SynthConfig = SynthConfig(), workers: int = 1,
-    progress: bool = False,
+    progress: bool = False, flat: bool = False,
 ) -> list[dict]:
-    """Write images/, labels/, unlabeled/ and meta.csv under `out`; return the meta rows."""
+    """Write images/, labels/, unlabeled/ and meta.csv under `out`; return the meta rows.
+
+    With `flat`, labelled images go directly in `out` and meta.csv into labels/ (see `save_sample`).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(out, seed, "labelled", i, cfg) for i in range(labelled)]
-    jobs += [(out, seed, "unlabelled", i, cfg) for i in range(unlabelled)]
+    jobs = [(out, seed, "labelled", i, cfg, flat) for i in range(labelled)]
+    jobs += [(out, seed, "unlabelled", i, cfg, flat) for i in range(unlabelled)]
     rows: Iterable[dict]
     if workers > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(workers) as pool:
             rows = list(_progress(pool.imap(_job, jobs, chunksize=1), len(jobs), progress))
     else:
         rows = list(_progress(map(_job, jobs), len(jobs), progress))
-    write_meta(out / "meta.csv", rows)
+    path = meta_path(out, flat)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_meta(path, rows)
     return rows
 
 
