@@ -88,7 +88,10 @@ def app_image(engine: Engine) -> Iterator[str]:
     """The image built from the repository on the local base; removed afterwards with its containers."""
     imported = import_base(BASE_IMAGE)
     try:
-        docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", APP_IMAGE, str(REPO))
+        docker(
+            "build", "--force-rm", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "-t", APP_IMAGE,
+            str(REPO),
+        )
         yield APP_IMAGE
     finally:
         for prefix in (CONTAINER_PREFIX, f"{NAME_PREFIX}-"):
