@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="held-out image sides in px (default 256 512)")
     p.add_argument("--model", type=Path, default=ROOT / "weights", help="shipped weights folder or ONNX file")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads for the app (0: its default)")
+    p.add_argument("--budget", default="none", help="the app's --budget (default none: MT2's full plan)")
     p.add_argument("--work", type=Path, default=None, help="folder for data, runs and predictions (default: temp)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
     g = p.add_argument_group("Mean Teacher vs supervised-only (methods mt, supervised)")
@@ -93,10 +94,14 @@ def make_heldout(folder: Path, images: int, seed: int, size: tuple[int, int]) ->
     return {r["name"]: r["modality"] for r in rows}
 
 
-def predict_with_app(images: Path, out: Path, model: Path, threads: int) -> None:
-    """Run the app's own command line on a folder, as a user would."""
+def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget: str) -> None:
+    """Run the app's own command line on a folder, as a user would.
+
+    The budget defaults to "none" (MT2's full multi-scale plan) so that accuracy does not depend on how busy
+    the machine is while the planner measures it.
+    """
     command = [sys.executable, "-m", "app", "predict", "--input", str(images), "--output", str(out),
-               "--model", str(model)]
+               "--model", str(model), "--budget", budget]
     if threads:
         command += ["--threads", str(threads)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -192,7 +197,7 @@ def run(args: argparse.Namespace) -> list[str]:
             pred = work / f"pred_{method}"
             if method == "model":
                 log(f"shipped model {args.model}: app predict")
-                predict_with_app(images, pred, args.model, args.threads)
+                predict_with_app(images, pred, args.model, args.threads, args.budget)
             elif method == "baseline":
                 log("classical baseline")
                 predict_baseline(images, pred)
@@ -207,7 +212,7 @@ def run(args: argparse.Namespace) -> list[str]:
                                      SynthConfig(min_size=args.train_size[0], max_size=args.train_size[1]))
                 log(f"training {method} ({args.max_steps} steps, {args.labelled_fraction:.0%} labels)")
                 onnx = train_and_export(args, data, work / f"run_{method}", semi=method == "mt")
-                predict_with_app(images, pred, onnx, args.threads)
+                predict_with_app(images, pred, onnx, args.threads, args.budget)
             pred.mkdir(parents=True, exist_ok=True)
             results[method] = score(gt, pred, modality_of)
             seconds[method] = time.perf_counter() - t0

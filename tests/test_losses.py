@@ -102,7 +102,7 @@ def test_losses_are_finite_and_fall_when_over_fitting_one_batch():
         optimizer.zero_grad()
         terms["total"].backward()
         optimizer.step()
-        history.append({k: float(v) for k, v in terms.items()})
+        history.append({k: float(v.detach()) for k, v in terms.items()})
     for name in ("cls", "cell", "boundary", "total"):
         first = np.mean([h[name] for h in history[:3]])
         last = np.mean([h[name] for h in history[-3:]])

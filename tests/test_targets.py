@@ -54,8 +54,12 @@ def test_heatmap_ranges_and_shapes():
     # The cell heatmap's core lies inside the disc and fades towards its edge; the boundary peaks on it.
     assert cell[labels == 0].max() < 0.5
     edge = cls == BOUNDARY
-    assert boundary[edge].max() == pytest.approx(1.0, abs=0.05)
     assert boundary[edge].mean() > boundary[~edge & (labels > 0)].mean()
+    # The boundary heatmap is the blurred 1-px inner boundary: it peaks on those pixels, inside the class-2 band.
+    inner = inner_boundary(labels > 0)
+    assert boundary[inner].min() > 0.3
+    assert boundary[inner].max() == pytest.approx(float(boundary.max()))
+    assert boundary[~edge].max() < boundary[inner].min()
 
 
 def test_core_threshold_is_a_fifth_of_the_radius():
@@ -111,3 +115,12 @@ def test_kernel_size_and_sigma_follow_opencv():
 def test_rejects_a_non_2d_label_map():
     with pytest.raises(ValueError, match="H×W"):
         make_targets(np.zeros((4, 4, 2), np.int32))
+
+
+def test_heatmap_boundary_dilation_widens_the_ridge():
+    labels = disc_labels()
+    _, _, thin = make_targets(labels)
+    _, _, wide = make_targets(labels, TargetConfig(heatmap_boundary_dilation=1))
+    assert wide.max() == pytest.approx(1.0, abs=0.05)
+    assert thin.max() < 0.9
+    assert (wide > 0.3).sum() > (thin > 0.3).sum()

@@ -85,7 +85,7 @@ def test_cosine_schedule_and_parameter_groups():
     assert cosine_factor(50, 100, 0.0) == pytest.approx(0.5)
     assert cosine_factor(100, 100, 0.1) == pytest.approx(0.1)
     assert cosine_factor(500, 100, 0.0) == pytest.approx(0.0)
-    cfg = tiny_config()
+    cfg = tiny_config(**{"optim.encoder_lr": 1e-4, "optim.lr": 1e-3})
     net = MT2Net(cfg.model)
     groups = build_optimizer(net, cfg).param_groups
     assert [g["lr"] for g in groups] == [1e-4, 1e-3]
@@ -127,6 +127,37 @@ def test_split_is_seeded_and_labelled_fraction_moves_images_to_unlabelled(tmp_pa
     assert all(s.label is None for s in a.unlabelled)
     other = split_dataset(data, tiny_config(**{"data.seed": 1, "data.val_fraction": 0.25}).data)
     assert len(other.labelled) == 6
+
+
+def test_crops_do_not_depend_on_worker_processes(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from training.data import EpochSampler, LabelledCrops
+
+    data = write_dataset(tmp_path / "d", labelled=3, unlabelled=0, size=48)
+    cfg = tiny_config()
+    split = split_dataset(data, cfg.data)
+    prepared, _ = prepare_all(split.labelled, tmp_path / "cache", cfg.data, cfg.targets, InferenceConfig())
+    dataset = LabelledCrops(prepared, cfg.augment, seed=0)
+    batches = []
+    for workers in (0, 1):
+        sampler = EpochSampler(len(dataset), 2, 2, epoch=3, seed=0, stream=0)
+        loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers)
+        batches.append([b["image"] for b in loader])
+    assert len(batches[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_epoch_sampler_shards_one_order_across_ranks():
+    from training.data import EpochSampler
+
+    whole = list(EpochSampler(5, 2, 3, epoch=1, seed=4, stream=0))
+    ranks = [list(EpochSampler(5, 2, 3, epoch=1, seed=4, stream=0, rank=r, world=2)) for r in range(2)]
+    assert len(whole) == 6 and all(len(r) == 6 for r in ranks)
+    merged = sorted(ranks[0] + ranks[1], key=lambda key: key[2])
+    assert [k[0] for k in merged] == [k[0] for k in EpochSampler(5, 12, 1, epoch=1, seed=4, stream=0)]
+    assert not set(k[2] for k in ranks[0]) & set(k[2] for k in ranks[1])
+    assert [k[0] for k in whole] != [k[0] for k in EpochSampler(5, 2, 3, epoch=2, seed=4, stream=0)]
 
 
 def test_bad_inputs_are_named_and_skipped(tmp_path):

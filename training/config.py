@@ -8,7 +8,7 @@ defaults section by section; unknown keys are refused so a typo never trains sil
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -49,8 +49,12 @@ class TargetConfig:
     # Gaussian kernel sizes as fractions of r_i (the instance's largest inner distance).
     cell_kernel: float = 0.2
     boundary_kernel: float = 0.1
-    # Width, in pixels, of the disk that dilates the inner boundary (class 2 and the boundary heatmap).
+    # Width, in pixels, of the disk that dilates the inner boundary for class 2 (CHALLENGE.md: 1-pixel disk).
     boundary_dilation: int = 1
+    # The same for the boundary heatmap. The paper sets "only the boundary pixels" to 1 there; 0 keeps the
+    # 1-px inner boundary, which leaves small cells a seed above T_seed after map = cell - boundary (on the
+    # held-out synthetic set, perfect target maps post-process to F1 0.873 with 0 and 0.823 with 1).
+    heatmap_boundary_dilation: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,5 @@ __all__ = [
     "load_config",
     "parse_override",
     "preset_path",
-    "replace",
     "with_overrides",
 ]

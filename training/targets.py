@@ -81,6 +81,7 @@ def make_targets(
     cls[labels > 0] = INTERIOR
     boundary_pixels: list[tuple[tuple[slice, slice], np.ndarray]] = []
     selem = disk(cfg.boundary_dilation)
+    ridge_selem = disk(cfg.heatmap_boundary_dilation)
     for value, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
@@ -88,14 +89,16 @@ def make_targets(
         mask_box = labels[box] == value
         radius_guess = float(ndimage.distance_transform_edt(np.pad(mask_box, 1)).max())
         blur_radius = (kernel_size(max(cfg.cell_kernel, cfg.boundary_kernel) * radius_guess) - 1) // 2
-        margin = blur_radius + cfg.boundary_dilation + 2
+        margin = blur_radius + max(cfg.boundary_dilation, cfg.heatmap_boundary_dilation) + 2
         win = _window(box, margin, shape)
         mask = labels[win] == value
         distance = ndimage.distance_transform_edt(mask)
         r_i = float(distance.max())
-        edge = ndimage.binary_dilation(inner_boundary(mask), structure=selem)
+        inner = inner_boundary(mask)
+        edge = ndimage.binary_dilation(inner, structure=selem)
+        ridge = ndimage.binary_dilation(inner, structure=ridge_selem) if cfg.heatmap_boundary_dilation else inner
         core = blur((distance > cfg.cell_core * r_i).astype(np.float32), cfg.cell_kernel * r_i)
-        ring = blur(edge.astype(np.float32), cfg.boundary_kernel * r_i)
+        ring = blur(ridge.astype(np.float32), cfg.boundary_kernel * r_i)
         np.maximum(cell[win], core, out=cell[win])
         np.maximum(bound[win], ring, out=bound[win])
         boundary_pixels.append((win, edge))

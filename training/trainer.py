@@ -460,7 +460,7 @@ def _train(
     while epoch < cfg.schedule.epochs and step < total_steps:
         if semi and teacher is None and epoch >= cfg.teacher.warmup_epochs:
             teacher = make_teacher(net)
-            log(f"epoch {epoch}: warm-up over, teacher copied from the student")
+            log(f"warm-up over after {epoch} epoch(s): teacher copied from the student")
         epoch_steps = min(steps, total_steps - step)
         labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place)
         unlabelled_iter = (
