@@ -7,46 +7,40 @@ Other modules take a config object as an argument rather than reading globals, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its command-line help text (`python -m app predict --help` shows it)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
     """Settings of one prediction run; defaults reproduce MT2's published inference."""
 
-    # Normalisation: per-channel percentiles of the non-zero pixels, mapped to uint8 0..255.
-    norm_low_percentile: float = 1.0
-    norm_high_percentile: float = 99.0
-    # Percentiles of larger images come from a regular subsample of at most this many pixels per channel.
-    norm_sample_pixels: int = 4_000_000
-    # Modality plan: fluorescence (red channel all zero) at 1.5x alone, everything else at 0.8/1.0/1.2x.
-    scales: tuple[float, ...] = (0.8, 1.0, 1.2)
-    fluorescence_scales: tuple[float, ...] = (1.5,)
-    # MT2 only trusts the empty-red-channel rule below this side length (whole-slide images are not fluorescence).
-    fluorescence_max_side: int = 5000
-    # Sliding windows.
-    window: int = 512
-    stride: int = 256
-    batch_size: int = 4
-    # Post-processing thresholds (paper section 2.3: T_cell, T_seed, S_min).
-    cell_threshold: float = 0.3
-    seed_threshold: float = 0.8
-    min_seed_area: int = 64
-    # Inputs above this many pixels are refused (10,000 x 10,000 slides pass).
-    max_pixels: int = 150_000_000
-    # Whole-slide path: images above this many pixels are processed in tiles with a halo.
-    tile_threshold_pixels: int = 16_000_000
-    tile_size: int = 4096
-    tile_halo: int = 256
-    # Threads post-processing finished tiles while the model runs on the next (0: all on the calling thread).
-    tile_workers: int = 1
-    # Tolerance-aware planning: "auto", "none", or a number of seconds.
-    budget: str = "auto"
-    budget_safety: float = 0.75
-    # Execution: "auto" (CUDA + fp16 when available, else CPU + fp32), "cuda" or "cpu".
-    device: str = "auto"
-    threads: int = 0  # 0 lets ONNX Runtime choose
+    norm_low_percentile: float = _opt(1.0, "low percentile of each channel's non-zero pixels, mapped to 0")
+    norm_high_percentile: float = _opt(99.0, "high percentile of each channel's non-zero pixels, mapped to 255")
+    norm_sample_pixels: int = _opt(4_000_000, "percentiles of larger images come from a regular subsample of this size")
+    scales: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "scales of non-fluorescence images, fused by the maximum")
+    fluorescence_scales: tuple[float, ...] = _opt((1.5,), "scales of fluorescence images (red channel all zero)")
+    fluorescence_max_side: int = _opt(5000, "the empty-red-channel rule applies only below this side length")
+    window: int = _opt(512, "sliding-window side in pixels (the model's fixed input size)")
+    stride: int = _opt(256, "sliding-window step in pixels")
+    batch_size: int = _opt(4, "windows per model call")
+    cell_threshold: float = _opt(0.3, "T_cell: foreground where cell - boundary exceeds it")
+    seed_threshold: float = _opt(0.8, "T_seed: seeds where cell - boundary exceeds it")
+    min_seed_area: int = _opt(64, "S_min: smaller seeds are dropped (pixels)")
+    max_pixels: int = _opt(150_000_000, "inputs with more pixels are refused")
+    tile_threshold_pixels: int = _opt(16_000_000, "larger images take the tiled whole-slide path")
+    tile_size: int = _opt(4096, "core side of a whole-slide tile in pixels")
+    tile_halo: int = _opt(256, "context around each whole-slide tile in pixels")
+    tile_workers: int = _opt(1, "threads post-processing tiles while the model runs (0: none)")
+    budget: str = _opt("auto", "time budget per image: auto (challenge tolerance), none, or seconds")
+    budget_safety: float = _opt(0.75, "fraction of the budget the planner may fill")
+    device: str = _opt("auto", "auto (CUDA + fp16 when available, else CPU + fp32), cuda or cpu")
+    threads: int = _opt(0, "ONNX Runtime threads (0: its default)")
 
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""

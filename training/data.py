@@ -228,14 +228,18 @@ def item_rng(seed: int, stream: int, epoch: int, position: int) -> np.random.Gen
 Key = tuple[int, int, int]  # sample index, epoch, position in the epoch
 
 
-class LabelledCrops(Dataset):
-    """Labelled crops: image, cls, cell, boundary of one random view of one sample."""
+class _Crops(Dataset):
+    """Random views of prepared samples, indexed by `Key` so each draw is fixed by its place in the run."""
 
     def __init__(self, samples: list[Prepared], cfg: AugmentConfig, seed: int) -> None:
         self.samples, self.cfg, self.seed = samples, cfg, seed
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+class LabelledCrops(_Crops):
+    """Labelled crops: image, cls, cell, boundary of one random view of one sample."""
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         index, epoch, position = key
@@ -245,14 +249,8 @@ class LabelledCrops(Dataset):
         return {"image": image, "cls": cls, "cell": cell, "boundary": boundary}
 
 
-class UnlabelledCrops(Dataset):
+class UnlabelledCrops(_Crops):
     """Unlabelled crops: the weak and strong views of the same pixels."""
-
-    def __init__(self, samples: list[Prepared], cfg: AugmentConfig, seed: int) -> None:
-        self.samples, self.cfg, self.seed = samples, cfg, seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         index, epoch, position = key
