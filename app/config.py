@@ -29,6 +29,8 @@ class InferenceConfig:
     window: int = _opt(512, "sliding-window side in pixels (the model's fixed input size)")
     stride: int = _opt(256, "sliding-window step in pixels")
     batch_size: int = _opt(4, "windows per model call")
+    window_sigma: float = _opt(0.125, "overlapping windows are averaged with Gaussian weights of this sigma "
+                               "(fraction of the window), trusting window centres over edges; 0: plain average")
     cell_threshold: float = _opt(0.3, "T_cell: foreground where cell - boundary exceeds it")
     seed_threshold: float = _opt(0.8, "T_seed: seeds where cell - boundary exceeds it")
     min_seed_area: int = _opt(64, "S_min: smaller seeds are dropped (pixels)")

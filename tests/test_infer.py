@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from app.config import InferenceConfig
 from app.errors import ModelError
-from app.infer import predict_maps, predict_scale, resize_bilinear
+from app.infer import predict_maps, predict_scale, resize_bilinear, window_profile
 from app.runner import ModelRunner
 from tests.onnx_models import contract_model, disc_image, shaped_model
 
@@ -58,6 +58,27 @@ def test_large_image_same_maps_whatever_the_stride(tmp_path, textured):
         assert cell.shape == (1200, 900)
         np.testing.assert_allclose(cell, ref_cell, atol=1e-5, err_msg=f"stride {stride}")
         np.testing.assert_allclose(boundary, ref_boundary, atol=1e-5, err_msg=f"stride {stride}")
+
+
+def test_window_profile_flat_or_centred():
+    assert np.array_equal(window_profile(512, 0.0), np.ones(512, np.float32))
+    profile = window_profile(512, 0.125)
+    assert profile.shape == (512,) and profile.max() == pytest.approx(1.0)
+    assert profile[255] > profile[128] > profile[0] > 0
+    np.testing.assert_allclose(profile, profile[::-1])
+
+
+def test_centre_weighting_shrinks_window_edge_error(tmp_path, textured):
+    """A 9×9 blur sees zero padding at window edges; weighting window centres brings the map nearer the direct pass."""
+    model = contract_model(tmp_path / "blur9.onnx", kernel=9, gain=8.0)
+    runner = ModelRunner(model, "cpu", threads=1)
+    ref_cell, _ = direct_pass(model, textured)
+    inner = (slice(8, -8), slice(8, -8))  # the image's own border is zero-padded in the direct pass too
+    errors = {}
+    for sigma in (0.0, 0.125):
+        cell, _ = predict_scale(textured, runner, 1.0, InferenceConfig(window_sigma=sigma))
+        errors[sigma] = float(np.abs(cell - ref_cell)[inner].mean())
+    assert errors[0.125] < 0.5 * errors[0.0]
 
 
 def test_scaled_prediction_returns_original_size_and_finds_discs(tmp_path):
