@@ -28,7 +28,7 @@ from tests.docker_engine import Engine, base_key, docker, image_size, import_bas
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_IMAGES = REPO / "samples" / "images"
+SAMPLE_IMAGES = REPO / "samples"
 SAMPLE_LABELS = REPO / "samples" / "labels"
 RUN_TAG = f"{os.getpid()}"
 BASE_IMAGE = f"mt2-test-base:{base_key()}"
