@@ -32,6 +32,7 @@ import app
 from app.config import CHALLENGE, CONTRACT, InferenceConfig
 from app.manifest import file_entry, sha256_file, write_manifest
 from training.model import ModelConfig, MT2Net, ProbabilityModel, parameter_count
+from training.torch_runner import TorchRunner
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # fp32 ONNX vs PyTorch, max abs difference of probabilities
@@ -242,10 +243,8 @@ def verification_inputs(
 
 
 def torch_probabilities(net: nn.Module, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Reference probabilities (cls, cell, boundary) from PyTorch in float32."""
-    with torch.no_grad():
-        outs = ProbabilityModel(net).eval()(torch.from_numpy(batch))
-    return tuple(o.numpy() for o in outs)
+    """Reference probabilities (cls, cell, boundary) from PyTorch in float32 on the CPU (the validation runner)."""
+    return TorchRunner(net, torch.device("cpu")).run(batch)
 
 
 def max_abs_diff(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> float:

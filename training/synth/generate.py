@@ -18,7 +18,9 @@ from training.synth.formats import JPEG_QUALITY, StorageFormat, pick_format, qua
 from training.synth.modalities import render, uniform
 from training.synth.noise import acquire
 from training.synth.params import ModalityParams, SynthConfig
-from training.synth.writer import LABEL_SUFFIX, write_image, write_labels, write_meta
+from app.config import CHALLENGE
+from app.writer import write_labels
+from training.synth.writer import write_image, write_meta
 
 MAX_RETRIES = 20
 LABELS_DIR, META_FILE = "labels", "meta.csv"
@@ -101,7 +103,8 @@ def save_sample(out: Path, sample: Sample, flat: bool = False) -> dict:
     image_path = out / folder / sample.file_name
     write_image(image_path, sample.image, sample.fmt, sample.jpeg_quality, sample.tiff_zlib)
     if sample.split == "labelled":
-        write_labels(out / LABELS_DIR / (sample.name + LABEL_SUFFIX), sample.labels)
+        (out / LABELS_DIR).mkdir(parents=True, exist_ok=True)
+        write_labels(out / LABELS_DIR / (sample.name + CHALLENGE.output_suffix), sample.labels)
     h, w = sample.labels.shape
     return {
         "name": sample.name, "split": sample.split, "modality": sample.modality, "style": sample.style,

@@ -1,4 +1,4 @@
-"""Files of the challenge layout: images in any supported format, zlib TIFF label maps, and meta.csv.
+"""Files of the challenge layout: images in any supported format and meta.csv (labels: `app.writer.write_labels`).
 
 Writers are byte-deterministic (no timestamps), so one seed always gives the same files.
 """
@@ -15,7 +15,6 @@ import tifffile
 
 from training.synth.formats import JPEG_QUALITY, StorageFormat
 
-LABEL_SUFFIX = "_label.tiff"
 META_COLUMNS = ("name", "split", "modality", "style", "height", "width", "file", "format", "cells")
 
 
@@ -41,13 +40,6 @@ def write_image(
         iio.imwrite(path, image, extension=fmt.ext, quality=int(jpeg_quality))
     else:
         iio.imwrite(path, image, extension=fmt.ext)
-
-
-def write_labels(path: Path, labels: np.ndarray) -> None:
-    """Instance map as a zlib-compressed TIFF: uint16 when the ids fit, int32 otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint16 if int(labels.max(initial=0)) < 65536 else np.int32
-    tifffile.imwrite(path, labels.astype(dtype), photometric="minisblack", compression="zlib")
 
 
 def write_meta(path: Path, rows: list[dict]) -> None:
