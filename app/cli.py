@@ -1,4 +1,4 @@
-"""Command line: ``python -m app predict | evaluate | timing``."""
+"""Command line: ``python -m app predict | evaluate | tune | timing``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def cli() -> None:
     """MT2 cell segmentation for multi-modality microscopy."""
 
 
-# Commands are added below by the modules that own them (predict, evaluate, timing).
+# Commands are added below by the modules that own them (predict, evaluate, tune, timing).
 
 
 # --- predict -----------------------------------------------------------------------------------------------------
@@ -92,12 +92,15 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
 
     from app.config import InferenceConfig
     from app.errors import ModelError
+    from app.manifest import postprocess_settings
     from app.pipeline import SetupError, run_folder
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
-    cfg = InferenceConfig().with_overrides(**overrides)
+    model = model or default_model()
     try:
-        code = run_folder(input_dir, output_dir, model or default_model(), cfg, report)
+        # Thresholds tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
+        cfg = InferenceConfig().with_overrides(**postprocess_settings(model)).with_overrides(**overrides)
+        code = run_folder(input_dir, output_dir, model, cfg, report)
     except (SetupError, ModelError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -141,6 +144,69 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
     if missing:
         click.echo(f"{missing} of {len(results)} predictions missing (scored as all false negatives)")
     click.echo(f"mean F1: {mean_f1(results):.4f} over {len(results)} images")
+
+
+# --- tune --------------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Labelled images in the challenge layout: images/ and labels/<name>_label.tiff.")
+@click.option("--model", default=None, help="Weights folder or ONNX file. [default: as for predict]")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most this many images (sorted by name).")
+@click.option("--write", is_flag=True, help="Store the best thresholds in the weights folder's manifest.json.")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
+@click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: its default).")
+def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int) -> None:
+    """Choose T_cell, T_seed and S_min for a model on labelled images (never the images you report F1 on).
+
+    The model's maps are computed once per image at MT2's full plan; every threshold combination of the grid
+    is scored with the challenge F1. With --write the best goes into the manifest, and predict uses it.
+    """
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from app.config import POSTPROCESS_FIELDS, InferenceConfig
+    from app.errors import ModelError
+    from app.manifest import manifest_beside, store_postprocess
+    from app.runner import ModelRunner, resolve_model
+    from app.tune import collect_maps, labelled_pairs, sweep
+
+    data, model_path = Path(data_dir), Path(model or default_model())
+    for sub in ("images", "labels"):
+        if not (data / sub).is_dir():
+            raise click.ClickException(f"{data} has no {sub}/ folder (expected images/ and labels/<name>_label.tiff)")
+    pairs = labelled_pairs(data / "images", data / "labels")[:limit]
+    if not pairs:
+        raise click.ClickException(f"no image in {data / 'images'} has a label file in {data / 'labels'}")
+    cfg = InferenceConfig(device=device, threads=threads)
+    try:
+        runner = ModelRunner(resolve_model(model_path, device), device, threads)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
+    maps = collect_maps(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg,
+                        on_error=lambda message: click.echo(f"skipped {message}", err=True))
+    if not maps:
+        raise click.ClickException("no usable labelled image")
+    trials = sweep(maps, cfg)
+    reference = {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
+    click.echo(f"{'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
+    shown = trials[:10] + [t for t in trials[10:] if t.settings == reference]
+    for trial in shown:
+        s = trial.settings
+        mark = "  (MT2's defaults)" if s == reference else ""
+        click.echo(f"{s['cell_threshold']:>7g} {s['seed_threshold']:>7g} {s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
+    best = trials[0]
+    click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in best.settings.items())
+               + f" (mean F1 {best.f1:.4f} over {len(maps)} images)")
+    if write:
+        folder = manifest_beside(model_path).parent
+        if not manifest_beside(model_path).is_file():
+            raise click.ClickException(f"{folder} has no {manifest_beside(model_path).name} to store the thresholds in")
+        note = f"{len(maps)} images of {data.name}, mean F1 {best.f1:.4f}"
+        click.echo(f"stored in {store_postprocess(folder, best.settings, note)}")
 
 
 # --- timing ------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 `InferenceConfig` holds what a user may change from the command line; `CHALLENGE` holds the fixed rules
 of the NeurIPS 2022 Cell Segmentation challenge (tolerance, metric) and `CONTRACT` the ONNX model contract.
+`TuneGrid` is the search space of `python -m app tune` over the `POSTPROCESS_FIELDS`.
 Other modules take a config object as an argument rather than reading globals, so tests can vary any value.
 """
 
@@ -51,6 +52,21 @@ class InferenceConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+# The post-processing fields a weights manifest may set for its model (found by `python -m app tune`);
+# options given on the command line still win.
+POSTPROCESS_FIELDS: tuple[str, ...] = ("cell_threshold", "seed_threshold", "min_seed_area")
+
+
+@dataclass(frozen=True)
+class TuneGrid:
+    """Values `python -m app tune` tries for each post-processing field (combinations with T_seed < T_cell
+    are skipped); the config's own values are always scored too, as the reference."""
+
+    cell_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
+    seed_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    min_seed_areas: tuple[int, ...] = (4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)

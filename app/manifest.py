@@ -3,7 +3,9 @@
 `manifest.json` sits beside the model files. `files` maps each file name to its size in bytes and sha256;
 everything else (architecture, training data, versions, metrics, parity figures) is free-form metadata written
 by the export. The app calls `verify_model` before loading, so a truncated download or an edited file is
-refused with one clear line instead of producing wrong labels.
+refused with one clear line instead of producing wrong labels. An optional `postprocess` table holds the
+post-processing thresholds chosen for these weights by `python -m app tune`; `predict` uses them unless the
+command line sets the same options.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.config import CONTRACT
+from app.config import CONTRACT, POSTPROCESS_FIELDS
 from app.errors import ModelError
 
 MANIFEST_VERSION = 1
+POSTPROCESS_NOTE = "tuned_on"  # free text beside the tuned values: which images, which F1
 _CHUNK = 1 << 20
 
 
@@ -105,4 +108,52 @@ def verify_model(path: Path | str) -> dict[str, Any] | None:
     return dict(entry)
 
 
-__all__ = ["file_entry", "read_manifest", "sha256_file", "verify_model", "write_manifest"]
+def manifest_beside(model: Path | str) -> Path:
+    """The manifest of a weights folder, or of the folder holding a model file."""
+    model = Path(model)
+    return (model if model.is_dir() else model.parent) / CONTRACT.manifest_file
+
+
+def postprocess_settings(model: Path | str) -> dict[str, float | int]:
+    """The `postprocess` table of the model's manifest ({} when there is no manifest or no table).
+
+    A table with unknown fields or non-numeric values is a ModelError: silently ignoring it would run the
+    model with thresholds it was not tuned for.
+    """
+    path = manifest_beside(model)
+    if not path.is_file():
+        return {}
+    table = read_manifest(path).get("postprocess")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ModelError(f"{path.name}: 'postprocess' must be a table of {', '.join(POSTPROCESS_FIELDS)}")
+    settings: dict[str, float | int] = {}
+    for name, value in table.items():
+        if name == POSTPROCESS_NOTE:
+            continue
+        if name not in POSTPROCESS_FIELDS:
+            raise ModelError(f"{path.name}: unknown field postprocess.{name} (known: {', '.join(POSTPROCESS_FIELDS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelError(f"{path.name}: postprocess.{name} must be a number, got {value!r}")
+        settings[name] = int(value) if name == "min_seed_area" else float(value)
+    return settings
+
+
+def store_postprocess(directory: Path | str, settings: Mapping[str, float | int], note: str) -> Path:
+    """Write `settings` (post-processing fields only) and a `tuned_on` note into an existing manifest."""
+    path = Path(directory) / CONTRACT.manifest_file
+    manifest = read_manifest(path)
+    unknown = set(settings) - set(POSTPROCESS_FIELDS)
+    if unknown:
+        raise ValueError(f"not post-processing fields: {sorted(unknown)}")
+    meta = {k: v for k, v in manifest.items() if k not in ("manifest_version", "files")}
+    chosen = {name: settings[name] for name in POSTPROCESS_FIELDS if name in settings}
+    meta["postprocess"] = {**chosen, POSTPROCESS_NOTE: note}
+    return write_manifest(directory, manifest["files"], meta)
+
+
+__all__ = [
+    "file_entry", "manifest_beside", "postprocess_settings", "read_manifest", "sha256_file", "store_postprocess",
+    "verify_model", "write_manifest",
+]

@@ -185,6 +185,7 @@ def run_folder(
         raise SetupError(str(exc)) from exc
     warn(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
+        f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area}; "
         f"{len(images)} image(s)"
     )
 

@@ -10,7 +10,9 @@ Methods (columns of the table):
 - ``mt`` and ``supervised``: Mean Teacher against supervised-only, both trained from scratch with the same
   preset and the same number of optimiser steps when only ``--labelled-fraction`` (10%) of the labelled
   training images keep their labels (the rest join the unlabelled pool); each best checkpoint is exported to
-  ONNX and run through the app like the shipped model.
+  ONNX, its post-processing thresholds are chosen by ``python -m app tune`` on a separate tuning set
+  (``--tune-images``, seed ``--tune-seed``), as the shipped weights' were, and it runs through the app like the
+  shipped model.
 
 The held-out set is generated with its own seed (``--seed``, never the training seed), so no method has seen
 its images. Scores are the challenge's: F1 per image (IoU >= 0.5, Hungarian matching, border cells removed),
@@ -40,11 +42,12 @@ METHODS = ("model", "baseline", "mt", "supervised")
 TITLES = {
     "model": "shipped model",
     "baseline": "classical baseline",
-    "mt": "Mean Teacher @10%",
-    "supervised": "supervised-only @10%",
+    "mt": "Mean Teacher @{fraction:.0%}",
+    "supervised": "supervised-only @{fraction:.0%}",
 }
 HELDOUT_SEED = 1000
 TRAIN_SEED = 7
+TUNE_SEED = 3000  # the tuning set of the shipped weights' recipe (weights/RECIPE.md) uses the same seed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="training image sides in px (default 256 384)")
     g.add_argument("--labelled-fraction", type=float, default=0.1, help="labels kept (default 0.1)")
     g.add_argument("--max-steps", type=int, default=500, help="optimiser steps of each run (the budget; default 500)")
+    g.add_argument("--tune-images", type=int, default=20,
+                   help="labelled images on which each trained model's thresholds are tuned (0: MT2's; default 20)")
+    g.add_argument("--tune-seed", type=int, default=TUNE_SEED, help="seed of the tuning set")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra training overrides for both runs")
     args = p.parse_args(argv)
@@ -77,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown methods {sorted(unknown)}; choose from {','.join(METHODS)}")
     if args.seed == args.train_seed:
         p.error("--seed (held-out set) must differ from --train-seed")
+    if args.seed == args.tune_seed:
+        p.error("--seed (held-out set) must differ from --tune-seed")
     if "model" in args.methods and not args.model.exists():
         p.error(f"--model {args.model} not found (train and export the shipped weights, or leave out 'model')")
     return args
@@ -118,9 +126,10 @@ def predict_baseline(images: Path, out: Path) -> None:
 
 
 def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool) -> Path:
-    """Train one run of the comparison and export its best checkpoint; return the fp32 ONNX file."""
+    """Train one run of the comparison and export its best checkpoint; return the weights folder (fp32 + manifest)."""
     from training.config import load_config, parse_override
     from app.config import CONTRACT
+    from app.manifest import write_manifest
     from training.export import export_fp32, load_checkpoint, network_from_checkpoint
     from training.trainer import train
 
@@ -137,8 +146,23 @@ def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool
     best = train(cfg, data, run, log=log)
     # Only the fp32 model is needed (the app runs it on the CPU); the fp16 parity check belongs to shipping.
     net, _, _ = network_from_checkpoint(load_checkpoint(best), which="teacher" if semi else "student")
-    (run / "onnx").mkdir(parents=True, exist_ok=True)
-    return export_fp32(net.eval(), run / "onnx" / CONTRACT.fp32_file)
+    folder = run / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    export_fp32(net.eval(), folder / CONTRACT.fp32_file)
+    write_manifest(folder, [CONTRACT.fp32_file], {"checkpoint": str(best)})
+    return folder
+
+
+def tune_thresholds(model: Path, tuning: Path, threads: int) -> None:
+    """Store the best post-processing thresholds for `model` (a weights folder) with the app's own command."""
+    command = [sys.executable, "-m", "app", "tune", "--data", str(tuning), "--model", str(model), "--write",
+               "--device", "cpu"]
+    if threads:
+        command += ["--threads", str(threads)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"app tune failed for {model}: {done.stderr.strip().splitlines()[-1:]}")
+    log(done.stdout.strip().splitlines()[-2])
 
 
 def score(gt: Path, pred: Path, modality_of: dict[str, str]) -> dict[str, float]:
@@ -151,10 +175,10 @@ def score(gt: Path, pred: Path, modality_of: dict[str, str]) -> dict[str, float]
     return {key: sum(v) / len(v) for key, v in per.items()}
 
 
-def table(results: dict[str, dict[str, float]], counts: dict[str, int]) -> list[str]:
-    """Markdown table: one row per modality plus overall, one column per method."""
+def table(results: dict[str, dict[str, float]], counts: dict[str, int], fraction: float) -> list[str]:
+    """Markdown table: one row per modality plus overall, one column per method (`fraction`: labels kept)."""
     methods = list(results)
-    head = "| modality | images | " + " | ".join(TITLES[m] for m in methods) + " |"
+    head = "| modality | images | " + " | ".join(TITLES[m].format(fraction=fraction) for m in methods) + " |"
     rule = "|---|---:|" + "---:|" * len(methods)
     lines = [head, rule]
     for key in [*MODALITY_NAMES, "all"]:
@@ -212,8 +236,14 @@ def run(args: argparse.Namespace) -> list[str]:
                     generate_dataset(data, args.train_images, args.train_unlabelled, args.train_seed,
                                      SynthConfig(min_size=args.train_size[0], max_size=args.train_size[1]))
                 log(f"training {method} ({args.max_steps} steps, {args.labelled_fraction:.0%} labels)")
-                onnx = train_and_export(args, data, work / f"run_{method}", semi=method == "mt")
-                predict_with_app(images, pred, onnx, args.threads, args.budget)
+                weights = train_and_export(args, data, work / f"run_{method}", semi=method == "mt")
+                if args.tune_images:
+                    tuning = work / "tuning"
+                    if not (tuning / "meta.csv").exists():
+                        log(f"tuning set: {args.tune_images} images, seed {args.tune_seed}")
+                        make_heldout(tuning, args.tune_images, args.tune_seed, tuple(args.size))
+                    tune_thresholds(weights, tuning, args.threads)
+                predict_with_app(images, pred, weights, args.threads, args.budget)
             pred.mkdir(parents=True, exist_ok=True)
             results[method] = score(gt, pred, modality_of)
             seconds[method] = time.perf_counter() - t0
@@ -221,7 +251,7 @@ def run(args: argparse.Namespace) -> list[str]:
     finally:
         if work_ctx:
             work_ctx.cleanup()
-    lines = table(results, counts)
+    lines = table(results, counts, args.labelled_fraction)
     if "mt" in results and "supervised" in results:
         diff = results["mt"]["all"] - results["supervised"]["all"]
         lines += ["", f"Mean Teacher minus supervised-only, overall F1: {diff:+.3f}"]
@@ -230,10 +260,18 @@ def run(args: argparse.Namespace) -> list[str]:
         f"Held-out set: {args.images} synthetic images, seed {args.seed}, sides {args.size[0]}-{args.size[1]} px. "
         f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
     ]
+    if "model" in results:
+        from app.manifest import postprocess_settings
+
+        tuned = postprocess_settings(args.model)
+        lines.append("Shipped model thresholds: " + (
+            ", ".join(f"{k} {v:g}" for k, v in tuned.items()) + " (from its manifest)" if tuned else "MT2's defaults."))
     if {"mt", "supervised"} & set(results):
         lines.append(
             f"Training comparison: preset `{args.preset}`, {args.train_images} labelled images (seed "
-            f"{args.train_seed}), {args.labelled_fraction:.0%} keep labels, {args.max_steps} steps per run."
+            f"{args.train_seed}), {args.labelled_fraction:.0%} keep labels, {args.max_steps} steps per run; "
+            + (f"thresholds tuned on {args.tune_images} images (seed {args.tune_seed})." if args.tune_images
+               else "MT2's thresholds.")
         )
     lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
     return lines

@@ -35,6 +35,7 @@ from training.export import (
     instance_agreement,
     network_from_checkpoint,
     parse_sizes,
+    portable_config,
     verify,
 )
 from training.model import ModelConfig, MT2Net
@@ -379,6 +380,12 @@ def test_parse_sizes() -> None:
     assert parse_sizes("256, 320x448") == ((256, 256), (320, 448))
     with pytest.raises(ValueError, match="multiples of 32"):
         parse_sizes("100")
+
+
+def test_manifest_records_no_path_of_the_training_machine() -> None:
+    config = {"data": {"cache_dir": "/home/someone/runs/ship/cache", "val_dir": "val", "seed": 0}, "preset": "ship"}
+    assert portable_config(config) == {"data": {"cache_dir": "cache", "val_dir": "val", "seed": 0}, "preset": "ship"}
+    assert portable_config(None) is None
 
 
 def test_cell_like_inputs_look_like_microscopy() -> None:

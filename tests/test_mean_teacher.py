@@ -1,4 +1,4 @@
-"""EMA arithmetic, buffers following the student, and no gradient ever reaching the teacher."""
+"""EMA arithmetic on parameters and BatchNorm statistics, and no gradient ever reaching the teacher."""
 
 from __future__ import annotations
 
@@ -32,27 +32,44 @@ def test_teacher_is_a_frozen_eval_copy():
     assert not torch.equal(teacher[0].weight, student[0].weight)  # a copy, not a view
 
 
-def test_ema_arithmetic_and_buffers():
+def moved_pair() -> tuple[nn.Module, nn.Module, list[torch.Tensor], list[torch.Tensor]]:
+    """A teacher, and its student after one change of weights and BatchNorm statistics; the teacher's before."""
     torch.manual_seed(0)
     student = small_net()
     teacher = make_teacher(student)
-    before = [p.detach().clone() for p in teacher.parameters()]
+    params = [p.detach().clone() for p in teacher.parameters()]
+    buffers = [b.detach().clone() for b in teacher.buffers()]
     with torch.no_grad():
         for p in student.parameters():
             p.add_(torch.randn_like(p))
-    student.train()(torch.randn(2, 3, 8, 8))  # moves BatchNorm running statistics
-    ema_update(teacher, student, 0.9)
-    for t, t0, s in zip(teacher.parameters(), before, student.parameters()):
+    student.train()(torch.randn(2, 3, 8, 8) * 3 + 1)  # moves BatchNorm running statistics
+    return teacher, student, params, buffers
+
+
+@pytest.mark.parametrize("average_buffers", [True, False])
+def test_ema_arithmetic_and_buffers(average_buffers):
+    teacher, student, params, buffers = moved_pair()
+    ema_update(teacher, student, 0.9, average_buffers)
+    for t, t0, s in zip(teacher.parameters(), params, student.parameters()):
         assert torch.allclose(t, 0.9 * t0 + 0.1 * s, atol=1e-6)
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        assert torch.equal(t, s)
-    assert int(teacher[1].num_batches_tracked) == 1
-    # beta = 1 keeps the teacher, beta = 0 copies the student.
+    bn = teacher[1]
+    running = [bn.running_mean, bn.running_var]
+    assert not torch.equal(student[1].running_mean, buffers[0])  # the student's statistics did move
+    for t, t0, s in zip(running, buffers[:2], [student[1].running_mean, student[1].running_var]):
+        expected = 0.9 * t0 + 0.1 * s if average_buffers else s
+        assert torch.allclose(t, expected, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 1  # integer counters are copied either way
+
+
+def test_ema_extremes():
+    teacher, student, _, _ = moved_pair()
+    # beta = 1 keeps the teacher, beta = 0 copies the student (statistics included).
     frozen = [p.clone() for p in teacher.parameters()]
     ema_update(teacher, student, 1.0)
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), frozen))
     ema_update(teacher, student, 0.0)
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher.buffers(), student.buffers()))
 
 
 def test_teacher_probabilities_are_eval_mode_sigmoids_without_graph():

@@ -93,6 +93,9 @@ class TeacherConfig:
     # Epochs of supervised warm-up; the teacher is copied from the student when they end.
     warmup_epochs: int = 100
     ema_decay: float = 0.995
+    # Floating buffers (BatchNorm running mean and variance) are averaged like the parameters, so the teacher's
+    # normalisation matches its averaged weights; False copies them from the student at every step.
+    ema_buffers: bool = True
 
 
 @dataclass(frozen=True)

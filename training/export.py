@@ -463,6 +463,16 @@ def export_checkpoint(
     return ExportResult(files, parity, used, notices, steps, manifest)
 
 
+def portable_config(config: Any) -> Any:
+    """The training config with absolute paths cut to their last part: the manifest travels with the weights and
+    should not record the layout of the machine that trained them."""
+    if isinstance(config, dict):
+        return {key: portable_config(value) for key, value in config.items()}
+    if isinstance(config, str) and Path(config).is_absolute():
+        return Path(config).name
+    return config
+
+
 def manifest_meta(
     ckpt: dict[str, Any], checkpoint: Path, used: str, notices: list[str], parity: Parity, steps: dict[str, Any]
 ) -> dict[str, Any]:
@@ -487,7 +497,7 @@ def manifest_meta(
             "step": ckpt.get("step"),
         },
         "data": ckpt.get("data"),
-        "training": {"config": ckpt.get("config"), "versions": ckpt.get("versions")},
+        "training": {"config": portable_config(ckpt.get("config")), "versions": ckpt.get("versions")},
         "validation_metrics": ckpt.get("metrics"),
         "export": {
             "versions": package_versions(),

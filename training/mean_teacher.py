@@ -1,8 +1,11 @@
 """The Mean Teacher (Tarvainen and Valpola 2017) as MT2 uses it (paper section 2.2.2).
 
-When warm-up ends the teacher is a copy of the student; after every optimiser step its floating parameters
-become beta * teacher + (1 - beta) * student, and its buffers (BatchNorm running statistics, counters) are
-copied from the student. The teacher never requires gradients and always predicts in eval mode.
+When warm-up ends the teacher is a copy of the student; after every optimiser step its parameters become
+beta * teacher + (1 - beta) * student. Its floating buffers (BatchNorm running mean and variance) are averaged
+the same way by default, so the statistics it normalises with belong to the weights it holds: copying the
+student's current statistics onto weights that lag a few hundred steps behind mismatches them while the student
+still moves fast, which is the whole of a short run. Integer buffers (batch counters) are copied. The teacher
+never requires gradients and always predicts in eval mode.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, beta: float) -> None:
-    """teacher <- beta * teacher + (1 - beta) * student for parameters; buffers copied from the student."""
+def ema_update(teacher: nn.Module, student: nn.Module, beta: float, average_buffers: bool = True) -> None:
+    """teacher <- beta * teacher + (1 - beta) * student for parameters and, with `average_buffers`, floating
+    buffers; the other buffers are copied from the student."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(beta).add_(s.detach().to(t.dtype), alpha=1.0 - beta)
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+        if average_buffers and t.is_floating_point():
+            t.mul_(beta).add_(s.detach().to(t.dtype), alpha=1.0 - beta)
+        else:
+            t.copy_(s)
 
 
 @torch.no_grad()

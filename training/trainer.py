@@ -258,7 +258,7 @@ def train_step(
     scaler.update()
     scheduler.step()
     if teacher is not None:
-        ema_update(teacher, unwrap(student), cfg.teacher.ema_decay)
+        ema_update(teacher, unwrap(student), cfg.teacher.ema_decay, cfg.teacher.ema_buffers)
     return {name: float(terms[name].detach()) for name in LOSS_TERMS}
 
 

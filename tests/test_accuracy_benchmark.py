@@ -1,0 +1,37 @@
+"""benchmarks/accuracy.py end to end at a toy size: every method, tuning included, gives a scored table."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy  # noqa: E402
+
+
+@pytest.mark.slow
+def test_all_methods_on_a_toy_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--methods", "model,baseline,mt,supervised", "--images", "4", "--size", "128", "160",
+            "--train-images", "12", "--train-size", "128", "160", "--labelled-fraction", "0.5",
+            "--max-steps", "3", "--tune-images", "2", "--threads", "1", "--work", str(tmp_path),
+            "--markdown", str(tmp_path / "table.md")]
+    assert accuracy.main(argv) == 0
+    text = (tmp_path / "table.md").read_text()
+    assert "| modality | images | shipped model | classical baseline | Mean Teacher @50% | supervised-only @50% |" in text
+    assert "| **overall** | 4 |" in text
+    assert "Mean Teacher minus supervised-only, overall F1:" in text
+    assert "thresholds tuned on 2 images (seed 3000)" in text
+    for method in ("mt", "supervised"):  # each comparison model carries the thresholds `app tune` chose for it
+        manifest = json.loads((tmp_path / f"run_{method}" / "onnx" / "manifest.json").read_text())
+        assert set(manifest["postprocess"]) == {"cell_threshold", "seed_threshold", "min_seed_area", "tuned_on"}
+        assert len(list((tmp_path / f"pred_{method}").glob("*_label.tiff"))) == 4
+
+
+def test_seeds_must_differ() -> None:
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--methods", "baseline", "--tune-seed", str(accuracy.HELDOUT_SEED)])

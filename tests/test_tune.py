@@ -1,0 +1,146 @@
+"""Threshold tuning: the grid, the sweep, the manifest's postprocess table and `python -m app tune` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from app.cli import cli
+from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
+from app.errors import ModelError
+from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
+from app.runner import ModelRunner
+from app.tune import Maps, collect_maps, grid_settings, labelled_pairs, sweep
+from tests.onnx_models import contract_model, disc_image
+
+SHAPE = (96, 128)
+# Discs of radius 4 (49 px): every seed is smaller than MT2's S_min of 64, so the defaults find no cell.
+CENTRES = [(20, 20), (20, 64), (24, 104), (60, 30), (70, 80)]
+RADIUS = 4
+
+
+def disc_labels(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    for value, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = value
+    return labels
+
+
+def labelled_folder(root: Path, count: int = 2) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(1, count + 1):
+        centres = [(cy, cx + 2 * i) for cy, cx in CENTRES]
+        iio.imwrite(root / "images" / f"cell_{i:05d}.png", disc_image(SHAPE, centres, RADIUS))
+        tifffile.imwrite(root / "labels" / f"cell_{i:05d}_label.tiff", disc_labels(SHAPE, centres, RADIUS))
+    return root
+
+
+@pytest.fixture()
+def weights(tmp_path: Path) -> Path:
+    folder = tmp_path / "weights"
+    contract_model(folder / "mt2.fp32.onnx")
+    write_manifest(folder, ["mt2.fp32.onnx"], {"note": "test weights"})
+    return folder
+
+
+def test_grid_skips_seed_below_cell_threshold() -> None:
+    grid = TuneGrid(cell_thresholds=(0.2, 0.6), seed_thresholds=(0.5, 0.8), min_seed_areas=(4, 64))
+    settings = grid_settings(grid)
+    assert len(settings) == 6  # (0.6, 0.5, *) is skipped
+    assert all(s["seed_threshold"] >= s["cell_threshold"] for s in settings)
+    assert all(tuple(s) == POSTPROCESS_FIELDS for s in settings)
+
+
+def test_sweep_finds_a_small_seed_area_for_small_cells() -> None:
+    truth = disc_labels(SHAPE, CENTRES, RADIUS)
+    cell = (truth > 0).astype(np.float32)
+    maps = [Maps("a", truth, cell, np.zeros_like(cell))]
+    trials = sweep(maps, InferenceConfig(), TuneGrid(cell_thresholds=(0.3,), seed_thresholds=(0.8,), min_seed_areas=(16, 128)))
+    assert [t.settings["min_seed_area"] for t in trials] == [16, 128, 64]  # the config's own values come last
+    assert trials[0].f1 == 1.0 and trials[1].f1 == 0.0 and trials[2].f1 == 0.0
+    with pytest.raises(ValueError, match="no labelled images"):
+        sweep([], InferenceConfig())
+
+
+def test_collect_maps_skips_unreadable_and_mismatched_pairs(tmp_path: Path, weights: Path) -> None:
+    data = labelled_folder(tmp_path / "data", count=3)
+    (data / "images" / "cell_00002.png").write_bytes(b"not a png")
+    tifffile.imwrite(data / "labels" / "cell_00003_label.tiff", np.zeros((10, 10), np.uint16))
+    iio.imwrite(data / "images" / "cell_00004.png", disc_image(SHAPE, CENTRES, RADIUS))  # no label file
+    pairs = labelled_pairs(data / "images", data / "labels")
+    assert [image.name for image, _ in pairs] == ["cell_00001.png", "cell_00002.png", "cell_00003.png"]
+    errors: list[str] = []
+    maps = collect_maps(pairs, ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1), InferenceConfig(), errors.append)
+    assert [m.name for m in maps] == ["cell_00001"]
+    assert maps[0].cell.shape == SHAPE and maps[0].cell.dtype == np.float32
+    assert len(errors) == 2 and errors[0].startswith("cell_00002.png: ") and "label shape (10, 10)" in errors[1]
+
+
+def test_manifest_postprocess_round_trip(weights: Path) -> None:
+    assert postprocess_settings(weights) == {}
+    assert postprocess_settings(weights.parent / "elsewhere" / "model.onnx") == {}
+    store_postprocess(weights, {"cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}, "3 images")
+    assert postprocess_settings(weights / "mt2.fp32.onnx") == {"cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["note"] == "test weights" and manifest["postprocess"]["tuned_on"] == "3 images"
+    assert verify_model(weights / "mt2.fp32.onnx") is not None  # file entries survive the rewrite
+    with pytest.raises(ValueError, match="not post-processing fields"):
+        store_postprocess(weights, {"window": 256}, "x")
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [([0.2], "must be a table"), ({"min_seed_area": "8"}, "must be a number"), ({"window": 256}, "unknown field")],
+)
+def test_damaged_postprocess_table_is_a_model_error(weights: Path, table, message: str) -> None:
+    path = weights / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["postprocess"] = table
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        postprocess_settings(weights)
+
+
+def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: Path) -> None:
+    data = labelled_folder(tmp_path / "data")
+    out = tmp_path / "out"
+    predict = ["predict", "--input", str(data / "images"), "--output", str(out), "--model", str(weights),
+               "--device", "cpu", "--threads", "1", "--budget", "none"]
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 0, result.output
+    assert not tifffile.imread(out / "cell_00001_label.tiff").any()  # MT2's S_min drops every small cell
+
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write"])
+    assert result.exit_code == 0, result.output
+    assert "(MT2's defaults)" in result.output and "stored in" in result.output
+    tuned = postprocess_settings(weights)
+    assert tuned["min_seed_area"] < np.pi * RADIUS**2
+
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 0, result.output
+    assert f"S_min {tuned['min_seed_area']}" in result.stderr
+    assert len(np.unique(tifffile.imread(out / "cell_00001_label.tiff"))) - 1 == len(CENTRES)
+    result = CliRunner().invoke(cli, [*predict, "--min-seed-area", "64"])  # the command line still wins
+    assert result.exit_code == 0 and not tifffile.imread(out / "cell_00001_label.tiff").any()
+
+
+def test_tune_without_labelled_images_or_manifest_fails_clearly(tmp_path: Path) -> None:
+    model = contract_model(tmp_path / "bare" / "model.onnx")
+    data = labelled_folder(tmp_path / "data")
+    result = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path / "bare"), "--model", str(model)])
+    assert result.exit_code != 0 and "has no images/ folder" in result.output
+    (tmp_path / "bare" / "images").mkdir()
+    (tmp_path / "bare" / "labels").mkdir()
+    result = CliRunner().invoke(cli, ["tune", "--data", str(tmp_path / "bare"), "--model", str(model)])
+    assert result.exit_code != 0 and "has a label file" in result.output
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(model), "--device", "cpu", "--write"])
+    assert result.exit_code != 0 and "no manifest.json" in result.output
