@@ -167,11 +167,11 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
 
     from tqdm import tqdm
 
-    from app.config import POSTPROCESS_FIELDS, InferenceConfig
+    from app.config import InferenceConfig
     from app.errors import ModelError
     from app.manifest import manifest_beside, store_postprocess
     from app.runner import ModelRunner, resolve_model
-    from app.tune import collect_maps, labelled_pairs, sweep
+    from app.tune import collect_maps, current_settings, labelled_pairs, sweep
 
     data, model_path = Path(data_dir), Path(model or default_model())
     for sub in ("images", "labels"):
@@ -191,7 +191,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     if not maps:
         raise click.ClickException("no usable labelled image")
     trials = sweep(maps, cfg)
-    reference = {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
+    reference = current_settings(cfg)
     click.echo(f"{'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
     shown = trials[:10] + [t for t in trials[10:] if t.settings == reference]
     for trial in shown:
@@ -202,11 +202,11 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in best.settings.items())
                + f" (mean F1 {best.f1:.4f} over {len(maps)} images)")
     if write:
-        folder = manifest_beside(model_path).parent
-        if not manifest_beside(model_path).is_file():
-            raise click.ClickException(f"{folder} has no {manifest_beside(model_path).name} to store the thresholds in")
+        manifest = manifest_beside(model_path)
+        if not manifest.is_file():
+            raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the thresholds in")
         note = f"{len(maps)} images of {data.name}, mean F1 {best.f1:.4f}"
-        click.echo(f"stored in {store_postprocess(folder, best.settings, note)}")
+        click.echo(f"stored in {store_postprocess(manifest.parent, best.settings, note)}")
 
 
 # --- timing ------------------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ normalisation stays a small part of the run time, and the rescaling runs in row 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
 from app.config import InferenceConfig
+from app.reader import read_image
 
 # Rows are rescaled in chunks of about this many pixels (16 MB of float32 each).
 CHUNK_PIXELS = 4_000_000
@@ -99,3 +101,8 @@ def is_fluorescence(rgb_u8: np.ndarray, cfg: InferenceConfig) -> bool:
     if max(rgb_u8.shape[:2]) >= cfg.fluorescence_max_side:
         return False
     return not rgb_u8[..., 0].any()
+
+
+def read_normalized(path: Path | str, max_pixels: int, cfg: InferenceConfig) -> np.ndarray:
+    """Any supported file -> normalised uint8 H×W×3, exactly as `predict` prepares it (for training and tuning)."""
+    return normalize(to_rgb(read_image(path, max_pixels)), cfg)

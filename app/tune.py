@@ -16,14 +16,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from app.config import CHALLENGE, POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
+from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import InputError
 from app.infer import predict_maps
 from app.metric import image_scores, read_labels
-from app.normalize import is_fluorescence, normalize, to_rgb
+from app.normalize import is_fluorescence, read_normalized
 from app.plan import modality_scales
 from app.postprocess import instance_map
-from app.reader import list_inputs, read_image
+from app.reader import list_inputs
+from app.writer import output_name
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ class Trial:
 def labelled_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     """(image, <name>_label.tiff) pairs of two folders; images without a label file are left out."""
     found, _ = list_inputs(images)
-    pairs = [(path, labels / f"{path.stem}{CHALLENGE.output_suffix}") for path in found]
+    pairs = [(path, labels / output_name(path)) for path in found]
     return [(image, label) for image, label in pairs if label.is_file()]
 
 
 def fused_maps(image_path: Path, runner, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
     """Cell and boundary maps of one image exactly as `predict` computes them at MT2's full plan."""
-    rgb_u8 = normalize(to_rgb(read_image(image_path, cfg.max_pixels)), cfg)
+    rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
     scales = modality_scales(is_fluorescence(rgb_u8, cfg), cfg)
     return predict_maps(rgb_u8, runner, scales, cfg)
 
@@ -92,16 +93,21 @@ def score_settings(maps: list[Maps], settings: dict[str, float | int], cfg: Infe
     return float(np.mean([image_scores(m.truth, instance_map(m.cell, m.boundary, trial_cfg)).f1 for m in maps]))
 
 
+def current_settings(cfg: InferenceConfig) -> dict[str, float | int]:
+    """The config's own post-processing values, keyed like a grid setting."""
+    return {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
+
+
 def sweep(maps: list[Maps], cfg: InferenceConfig, grid: TuneGrid = TuneGrid()) -> list[Trial]:
     """Score every grid setting (and the config's own), best first; ties keep the grid's order."""
     if not maps:
         raise ValueError("no labelled images to tune on")
     candidates = grid_settings(grid)
-    current = {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
+    current = current_settings(cfg)
     if current not in candidates:
         candidates.append(current)
     trials = [Trial(settings, score_settings(maps, settings, cfg)) for settings in candidates]
     return sorted(trials, key=lambda trial: -trial.f1)
 
 
-__all__ = ["Maps", "Trial", "collect_maps", "fused_maps", "grid_settings", "labelled_pairs", "score_settings", "sweep"]
+__all__ = ["Maps", "Trial", "collect_maps", "current_settings", "fused_maps", "grid_settings", "labelled_pairs", "score_settings", "sweep"]

@@ -36,20 +36,18 @@ def test_auto_device_gets_the_provider_the_machine_really_has(tmp_path):
     assert runner.provider == runner.session.get_providers()[0]
 
 
-def test_fp16_model_with_float32_io(tmp_path):
+@pytest.mark.parametrize(
+    "build, io_dtype",
+    [
+        (lambda path: contract_model(path, fp16=True), np.float32),  # keep_io_types export: float32 in and out
+        (fp16_io_model, np.float16),  # float16 throughout, inputs and outputs included
+    ],
+    ids=["float32-io", "float16-io"],
+)
+def test_fp16_model_matches_fp32(tmp_path, build, io_dtype):
     reference = ModelRunner(contract_model(tmp_path / "m32.onnx"), "cpu", threads=1)
-    runner = ModelRunner(contract_model(tmp_path / "m16.onnx", fp16=True), "cpu", threads=1)
-    assert runner.precision == "fp16" and runner.dtype == np.float32
-    got, want = runner.run(batch()), reference.run(batch())
-    for g, w in zip(got, want):
-        assert g.dtype == np.float32
-        np.testing.assert_allclose(g, w, atol=1e-2)
-
-
-def test_fp16_model_with_float16_io(tmp_path):
-    reference = ModelRunner(contract_model(tmp_path / "m32.onnx"), "cpu", threads=1)
-    runner = ModelRunner(fp16_io_model(tmp_path / "io16.onnx"), "cpu", threads=1)
-    assert runner.precision == "fp16" and runner.dtype == np.float16
+    runner = ModelRunner(build(tmp_path / "m16.onnx"), "cpu", threads=1)
+    assert runner.precision == "fp16" and runner.dtype == io_dtype
     got, want = runner.run(batch()), reference.run(batch())
     for g, w in zip(got, want):
         assert g.dtype == np.float32

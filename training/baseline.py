@@ -25,6 +25,7 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
 from app.config import InferenceConfig
+from app.metric import relabel
 from app.normalize import is_fluorescence, normalize, to_rgb
 
 
@@ -95,8 +96,7 @@ def split_touching(mask: np.ndarray, cfg: BaselineConfig = BaselineConfig()) -> 
         ys, xs = np.nonzero(components == c)
         best = int(np.argmax(dist[ys, xs]))
         markers[ys[best], xs[best]] = markers.max() + 1
-    labels = watershed(-dist, markers, mask=mask)
-    return _sequential(labels)
+    return relabel(watershed(-dist, markers, mask=mask))
 
 
 def segment_rgb(rgb_u8: np.ndarray, cfg: BaselineConfig = BaselineConfig(),
@@ -115,23 +115,17 @@ def segment_image(image: np.ndarray, cfg: BaselineConfig = BaselineConfig(),
 def segment_folder(input_dir: Path, output_dir: Path, cfg: BaselineConfig = BaselineConfig(),
                    app_cfg: InferenceConfig = InferenceConfig()) -> list[Path]:
     """Segment every image of a folder and write the challenge's `<name>_label.tiff` files."""
-    from app.reader import list_inputs, read_image
+    from app.normalize import read_normalized
+    from app.reader import list_inputs
     from app.writer import output_name, write_labels
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in list_inputs(input_dir)[0]:
-        labels = segment_image(read_image(path, app_cfg.max_pixels), cfg, app_cfg)
+        labels = segment_rgb(read_normalized(path, app_cfg.max_pixels, app_cfg), cfg, app_cfg)
         written.append(write_labels(output_dir / output_name(path), labels))
     return written
-
-
-def _sequential(labels: np.ndarray) -> np.ndarray:
-    ids = np.unique(labels)
-    lut = np.zeros(int(ids.max()) + 1, dtype=np.int32)
-    lut[ids[ids > 0]] = np.arange(1, int((ids > 0).sum()) + 1, dtype=np.int32)
-    return lut[labels]
 
 
 if __name__ == "__main__":

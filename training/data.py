@@ -26,6 +26,8 @@ from torch.utils.data import Dataset, Sampler
 
 from app.config import CHALLENGE, InferenceConfig
 from app.errors import InputError
+from app.normalize import read_normalized
+from app.writer import output_name
 from training.augment import labelled_view, unlabelled_views
 from training.config import AugmentConfig, DataConfig, TargetConfig
 from training.targets import make_targets
@@ -85,7 +87,7 @@ def scan_pairs(folder: Path) -> tuple[list[Sample], list[str]]:
     samples: list[Sample] = []
     problems: list[str] = []
     for image in _image_files(images_dir):
-        label = labels_dir / f"{stem(image)}{CHALLENGE.output_suffix}"
+        label = labels_dir / output_name(image)
         if label.is_file():
             samples.append(Sample(stem(image), image, label))
         else:
@@ -145,14 +147,6 @@ def save_array(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def load_rgb(path: Path, max_pixels: int, norm: InferenceConfig) -> np.ndarray:
-    """The app's reader and normaliser: any supported file -> uint8 H×W×3."""
-    from app.normalize import normalize, to_rgb
-    from app.reader import read_image
-
-    return normalize(to_rgb(read_image(path, max_pixels)), norm)
-
-
 def load_labels(path: Path) -> np.ndarray:
     """A label map through the app's metric reader, as int32 (raises InputError with the file name)."""
     from app.metric import read_labels
@@ -176,7 +170,7 @@ def prepare_sample(
     wanted = [p for p in (image_npy, targets_npy, labels_npy) if p is not None]
     if all(p.is_file() for p in wanted):
         return Prepared(sample.name, image_npy, targets_npy, labels_npy)
-    rgb = load_rgb(sample.image, data.max_pixels, norm)
+    rgb = read_normalized(sample.image, data.max_pixels, norm)
     if sample.label is not None:
         labels = load_labels(sample.label)
         if labels.shape != rgb.shape[:2]:
@@ -303,7 +297,6 @@ __all__ = [
     "UnlabelledCrops",
     "epoch_order",
     "load_labels",
-    "load_rgb",
     "open_array",
     "prepare_all",
     "prepare_sample",
