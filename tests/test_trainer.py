@@ -227,8 +227,9 @@ def test_checkpoint_holds_the_agreed_keys(tmp_path):
     assert best == tmp_path / "run" / BEST and best.exists()
     ckpt = load_checkpoint(best)
     for key in ("student", "teacher", "model_config", "preset", "config", "epoch", "step", "optimizer",
-                "scheduler", "scaler", "rng", "metrics", "data"):
+                "scheduler", "scaler", "rng", "metrics", "data", "init_onnx"):
         assert key in ckpt, key
+    assert ckpt["init_onnx"] is None  # a run from scratch
     assert ckpt["model_config"]["decoder_channels"] == (8, 8, 8, 8, 8)
     assert TrainConfig.from_dict(ckpt["config"]) == cfg
     assert ckpt["data"]["labelled"] == 2 and ckpt["data"]["validation"] == 1 and ckpt["data"]["unlabelled"] == 1

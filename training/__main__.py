@@ -57,10 +57,13 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
               help="Continue the run in this folder from its last.pt.")
 @click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="torchvision-style ImageNet state dict for the encoder (else random init).")
+@click.option("--init-onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Start from the weights of an exported fp32 model (e.g. weights/mt2.fp32.onnx) to fine-tune it; "
+                   "the preset's model must have its architecture.")
 @click.option("--epochs", type=int, default=None, help="Override schedule.epochs.")
 @click.option("--max-steps", type=int, default=None, help="Override schedule.max_steps.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config field.")
-def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, epochs, max_steps, overrides) -> None:
+def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides) -> None:
     """Train MT2 (supervised warm-up, then Mean Teacher); prints the best checkpoint's path."""
     from training.config import ConfigError, TrainConfig, load_config, parse_override, with_overrides
     from training.trainer import LAST, load_checkpoint, train
@@ -69,6 +72,8 @@ def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, epochs
         raise click.UsageError("give --out RUN_DIR (or --resume RUN_DIR)")
     if out_dir is not None and resume_dir is not None and out_dir.resolve() != resume_dir.resolve():
         raise click.UsageError("--out and --resume name different folders")
+    if init_onnx is not None and (resume_dir is not None or encoder_weights is not None):
+        raise click.UsageError("--init-onnx starts a new run: it goes with neither --resume nor --encoder-weights")
     run_dir = resume_dir or out_dir
     changes = dict(parse_override(text) for text in overrides)
     if epochs is not None:
@@ -82,7 +87,8 @@ def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, epochs
             cfg = with_overrides(TrainConfig.from_dict(load_checkpoint(resume_dir / LAST)["config"]), changes)
         else:
             raise click.UsageError("give --config PRESET_OR_FILE")
-        best = train(cfg, data_dir, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights)
+        best = train(cfg, data_dir, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights,
+                     init_onnx=init_onnx)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(str(best))

@@ -497,6 +497,7 @@ def manifest_meta(
             "step": ckpt.get("step"),
         },
         "data": ckpt.get("data"),
+        "started_from": ckpt.get("init_onnx"),
         "training": {"config": portable_config(ckpt.get("config")), "versions": ckpt.get("versions")},
         "validation_metrics": ckpt.get("metrics"),
         "export": {

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.config import InferenceConfig
+from app.manifest import sha256_file
 from training.augment import apply_cutmix, cutmix_boxes
 from training.config import TrainConfig
 from training.data import (
@@ -48,9 +49,11 @@ from training.data import (
 from training.losses import total_loss
 from training.mean_teacher import ema_update, make_teacher, teacher_probabilities
 from training.model import MT2Net
+from training.onnx_weights import load_onnx_weights
 from training.torch_runner import TorchRunner
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.csv"
+CALIBRATION_CROPS = 16  # labelled crops whose statistics re-seed the BatchNorms of a model loaded from ONNX
 LOSS_TERMS = ("total", "cls", "cell", "boundary", "consistency")
 Log = Callable[[str], None]
 
@@ -357,24 +360,33 @@ def train(
     resume: bool = False,
     encoder_weights: Path | None = None,
     log: Log = _stderr,
+    init_onnx: Path | None = None,
 ) -> Path:
     """Train per `cfg` on the challenge-layout `data_dir`, writing RUN_DIR files; returns the best checkpoint.
 
-    With `resume`, continues from ``out_dir/last.pt`` (the checkpoint's own config wins for the model).
+    With `resume`, continues from ``out_dir/last.pt`` (the checkpoint's own config wins for the model). With
+    `init_onnx`, a new run starts from the weights of an exported fp32 model (training/onnx_weights.py).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     device_kind = "cuda" if cfg.runtime.device == "auto" and torch.cuda.is_available() else cfg.runtime.device
     place, owns_group = init_distributed("cuda" if device_kind == "cuda" else "cpu")
     log = log if place.main else (lambda message: None)
     try:
-        return _train(cfg, data_dir, out_dir, resume, encoder_weights, place, log)
+        return _train(cfg, data_dir, out_dir, resume, encoder_weights, init_onnx, place, log)
     finally:
         if owns_group:
             dist.destroy_process_group()
 
 
 def _train(
-    cfg: TrainConfig, data_dir: Path, out_dir: Path, resume: bool, encoder_weights: Path | None, place: Dist, log: Log
+    cfg: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool,
+    encoder_weights: Path | None,
+    init_onnx: Path | None,
+    place: Dist,
+    log: Log,
 ) -> Path:
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
@@ -391,8 +403,17 @@ def _train(
     )
 
     torch.manual_seed(cfg.runtime.seed)
-    net = MT2Net(cfg.model).to(device)
-    if checkpoint is None:
+    net = MT2Net(cfg.model)
+    labelled_set = LabelledCrops(data.labelled, cfg.augment, cfg.runtime.seed)
+    started_from = checkpoint.get("init_onnx") if checkpoint is not None else None
+    if checkpoint is None and init_onnx is not None:
+        count = min(len(labelled_set), CALIBRATION_CROPS)
+        crops = torch.stack([labelled_set[(i, 0, i)]["image"] for i in range(count)])
+        measured = load_onnx_weights(net, Path(init_onnx), crops)
+        started_from = {"file": Path(init_onnx).name, "sha256": sha256_file(init_onnx), "parity": measured}
+        log(f"weights: {Path(init_onnx).name} loaded, BatchNorm calibrated on {count} crops, parity {measured:.1e}")
+    net = net.to(device)
+    if checkpoint is None and init_onnx is None:
         if encoder_weights is not None:
             count = load_encoder_weights(net, Path(encoder_weights))
             log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
@@ -443,6 +464,7 @@ def _train(
             "rng": rng_state(),
             "metrics": dict(metrics),
             "data": data.summary(data_dir, cfg.data.seed),
+            "init_onnx": started_from,
         }
 
     if checkpoint is None and place.main and data.validation and cfg.validation.every_epochs > 0:
@@ -451,7 +473,6 @@ def _train(
         csv_log.write({"epoch": 0, "step": 0, "val_f1": start_f1, "teacher": 0})
     barrier(place)
 
-    labelled_set = LabelledCrops(data.labelled, cfg.augment, cfg.runtime.seed)
     unlabelled_set = UnlabelledCrops(data.unlabelled, cfg.augment, cfg.runtime.seed)
     semi = cfg.teacher.semi_supervised and len(data.unlabelled) > 0
     if cfg.teacher.semi_supervised and not data.unlabelled:
