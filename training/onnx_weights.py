@@ -132,7 +132,7 @@ def load_folded_weights(net: MT2Net, path: Path | str) -> dict[str, nn.BatchNorm
             norm.weight.fill_(1.0)
             norm.running_mean.zero_()
             norm.running_var.fill_(1.0 - norm.eps)
-    return {own[key]: norms[own[key]] for key in stored if own[key] in norms}
+    return norms
 
 
 @torch.no_grad()
