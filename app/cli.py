@@ -42,7 +42,9 @@ class NumberList(click.ParamType):
 
 
 def _shown(value: object) -> str:
-    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def config_options(command):  # type: ignore[no-untyped-def]
@@ -98,8 +100,12 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     model = model or default_model()
     try:
-        # Thresholds tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
-        cfg = InferenceConfig().with_overrides(**postprocess_settings(model)).with_overrides(**overrides)
+        # Settings tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
+        tuned = postprocess_settings(model)
+        try:
+            cfg = InferenceConfig().with_overrides(**tuned).with_overrides(**overrides)
+        except ValueError as exc:  # an option the config refuses, e.g. --flips 3
+            raise SetupError(str(exc)) from exc
         code = run_folder(input_dir, output_dir, model, cfg, report)
     except (SetupError, ModelError) as exc:
         click.echo(f"error: {exc}", err=True)
@@ -158,10 +164,12 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: its default).")
 def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int) -> None:
-    """Choose T_cell, T_seed and S_min for a model on labelled images (never the images you report F1 on).
+    """Choose flipped views, scale fusion, T_cell, T_seed and S_min for a model on labelled images (never the
+    images you report F1 on).
 
-    The model's maps are computed once per image at MT2's full plan; every threshold combination of the grid
-    is scored with the challenge F1. With --write the best goes into the manifest, and predict uses it.
+    The model's maps are computed once per image at MT2's scales with up to 4 flipped views; every combination
+    of the grid is scored with the challenge F1. With --write the best goes into the manifest, and predict uses
+    it (a short time budget still drops flipped views first).
     """
     from pathlib import Path
 
@@ -171,7 +179,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     from app.errors import ModelError
     from app.manifest import manifest_beside, store_postprocess
     from app.runner import ModelRunner, resolve_model
-    from app.tune import collect_maps, current_settings, labelled_pairs, sweep
+    from app.tune import candidate_settings, collect_scores, current_settings, labelled_pairs, rank
 
     data, model_path = Path(data_dir), Path(model or default_model())
     for sub in ("images", "labels"):
@@ -186,26 +194,28 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
-    maps = collect_maps(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg,
-                        on_error=lambda message: click.echo(f"skipped {message}", err=True))
-    if not maps:
+    candidates = candidate_settings(cfg)
+    scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,
+                            on_error=lambda message: click.echo(f"skipped {message}", err=True))
+    if not scored:
         raise click.ClickException("no usable labelled image")
-    trials = sweep(maps, cfg)
+    trials = rank(candidates, scored)
     reference = current_settings(cfg)
-    click.echo(f"{'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
+    click.echo(f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
     shown = trials[:10] + [t for t in trials[10:] if t.settings == reference]
     for trial in shown:
         s = trial.settings
         mark = "  (MT2's defaults)" if s == reference else ""
-        click.echo(f"{s['cell_threshold']:>7g} {s['seed_threshold']:>7g} {s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
+        click.echo(f"{s['flips']:>5} {s['fusion']:>6} {s['cell_threshold']:>7g} {s['seed_threshold']:>7g} "
+                   f"{s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
     best = trials[0]
-    click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in best.settings.items())
-               + f" (mean F1 {best.f1:.4f} over {len(maps)} images)")
+    click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in best.settings.items())
+               + f" (mean F1 {best.f1:.4f} over {len(scored)} images)")
     if write:
         manifest = manifest_beside(model_path)
         if not manifest.is_file():
-            raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the thresholds in")
-        note = f"{len(maps)} images of {data.name}, mean F1 {best.f1:.4f}"
+            raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the settings in")
+        note = f"{len(scored)} images of {data.name}, mean F1 {best.f1:.4f}"
         click.echo(f"stored in {store_postprocess(manifest.parent, best.settings, note)}")
 
 

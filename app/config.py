@@ -2,7 +2,8 @@
 
 `InferenceConfig` holds what a user may change from the command line; `CHALLENGE` holds the fixed rules
 of the NeurIPS 2022 Cell Segmentation challenge (tolerance, metric) and `CONTRACT` the ONNX model contract.
-`TuneGrid` is the search space of `python -m app tune` over the `POSTPROCESS_FIELDS`.
+`TuneGrid` is the search space of `python -m app tune` over the `POSTPROCESS_FIELDS`. `FLIP_AXES` names the
+test-time flips once.
 Other modules take a config object as an argument rather than reading globals, so tests can vary any value.
 """
 
@@ -10,6 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+# Test-time views by count: the axes each view is flipped along (() is the image itself). Each count's views
+# start with the smaller count's, so a run at 4 flips also holds the views of 1 and 2 (`python -m app tune`
+# scores all three from one pass).
+FLIP_AXES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
+FUSIONS: tuple[str, ...] = ("max", "mean")
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -24,9 +31,12 @@ class InferenceConfig:
     norm_low_percentile: float = _opt(1.0, "low percentile of each channel's non-zero pixels, mapped to 0")
     norm_high_percentile: float = _opt(99.0, "high percentile of each channel's non-zero pixels, mapped to 255")
     norm_sample_pixels: int = _opt(4_000_000, "percentiles of larger images come from a regular subsample of this size")
-    scales: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "scales of non-fluorescence images, fused by the maximum")
+    scales: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "scales of non-fluorescence images")
     fluorescence_scales: tuple[float, ...] = _opt((1.5,), "scales of fluorescence images (red channel all zero)")
     fluorescence_max_side: int = _opt(5000, "the empty-red-channel rule applies only below this side length")
+    fusion: str = _opt("max", "how the scales' maps are combined: max (MT2's pixel-wise maximum) or mean")
+    flips: int = _opt(1, "flipped views averaged at every scale: 1 (none, MT2), 2 (adds the left-right mirror) or 4 "
+                      "(adds the up-down mirror and both); a short time budget drops them before anything else")
     window: int = _opt(512, "sliding-window side in pixels (the model's fixed input size)")
     stride: int = _opt(256, "sliding-window step in pixels")
     batch_size: int = _opt(4, "windows per model call")
@@ -45,6 +55,12 @@ class InferenceConfig:
     device: str = _opt("auto", "auto (CUDA + fp16 when available, else CPU + fp32), cuda or cpu")
     threads: int = _opt(0, "ONNX Runtime threads (0: its default)")
 
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if isinstance(self.flips, bool) or self.flips not in FLIP_AXES:
+            raise ValueError(f"flips must be one of {', '.join(map(str, FLIP_AXES))}, got {self.flips!r}")
+
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -54,9 +70,10 @@ class InferenceConfig:
         return [f.name for f in fields(cls)]
 
 
-# The post-processing fields a weights manifest may set for its model (found by `python -m app tune`);
-# options given on the command line still win.
-POSTPROCESS_FIELDS: tuple[str, ...] = ("cell_threshold", "seed_threshold", "min_seed_area")
+# The fields a weights manifest may set for its model (found by `python -m app tune`): how the network's
+# outputs are combined (flipped views, scales) and turned into instances (thresholds). Options given on the
+# command line still win.
+POSTPROCESS_FIELDS: tuple[str, ...] = ("flips", "fusion", "cell_threshold", "seed_threshold", "min_seed_area")
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,8 @@ class TuneGrid:
     """Values `python -m app tune` tries for each post-processing field (combinations with T_seed < T_cell
     are skipped); the config's own values are always scored too, as the reference."""
 
+    flips: tuple[int, ...] = (1, 2, 4)
+    fusions: tuple[str, ...] = FUSIONS
     cell_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     seed_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     min_seed_areas: tuple[int, ...] = (4, 8, 16, 32, 64)

@@ -1,10 +1,14 @@
-"""Sliding-window inference at one or several scales, fused by the pixel-wise maximum (MT2's test-time recipe).
+"""Sliding-window inference at one or several scales, optionally over flipped views, and the fusion of the maps.
 
-One scale: resize the uint8 image, zero-pad it only when it is smaller than a window (the network's convolutions
-pad with zeros too, so the kept region sees the same border), run `cfg.window`-sized windows at `stride` in
-batches of `cfg.batch_size`, average the overlapping window outputs (Gaussian-weighted towards window centres,
-`cfg.window_sigma`; 0 gives MT2's plain average) in float32 maps the size of the scaled image,
-crop and resize back. Several scales: the maximum of the per-scale maps at the original size.
+MT2's test-time recipe is several scales fused by the pixel-wise maximum. `cfg.flips` adds flipped views at
+every scale (averaged, then flipped back) and `cfg.fusion` may average the scales instead; both are chosen per
+model by `python -m app tune`, since which helps depends on the network.
+
+One scale, one view: resize the uint8 image, zero-pad it only when it is smaller than a window (the network's
+convolutions pad with zeros too, so the kept region sees the same border), run `cfg.window`-sized windows at
+`stride` in batches of `cfg.batch_size`, average the overlapping window outputs (Gaussian-weighted towards window
+centres, `cfg.window_sigma`; 0 gives MT2's plain average) in float32 maps the size of the scaled image, crop and
+resize back. Several views or scales: combined by `fuse` at the original size.
 
 Resizing is a separable bilinear interpolation with half-pixel centres written in numpy (`resize_bilinear`); on
 this project's 2-core benchmark machine it is 3-10x faster than `scipy.ndimage.zoom(order=1)` and
@@ -16,11 +20,11 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from app.config import InferenceConfig
+from app.config import FLIP_AXES, FUSIONS, InferenceConfig
 from app.errors import ModelError
 from app.tiling import window_grid, window_starts
 
@@ -121,24 +125,12 @@ def _coverage(length: int, window: int, stride: int, profile: np.ndarray) -> np.
     return total[:length]
 
 
-def predict_scale(
-    image_u8: np.ndarray,
-    runner: Runner,
-    scale: float,
-    cfg: InferenceConfig,
-    stride: int | None = None,
-    timings: dict[str, float] | None = None,
+def _window_maps(
+    scaled: np.ndarray, runner: Runner, cfg: InferenceConfig, stride: int, timings: dict[str, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cell and boundary probability maps (float32 H×W, original size) from windows of the image at `scale`."""
-    window, stride = cfg.window, stride or cfg.stride
-    _check_inputs(image_u8, scale, window, stride)
-    fixed = getattr(runner, "input_hw", None)
-    if fixed is not None and tuple(fixed) != (window, window):
-        raise ModelError(f"model takes fixed {fixed[0]}×{fixed[1]} inputs but the window is {window}×{window}")
-    height, width = image_u8.shape[:2]
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    with _timed(timings, "resize"):
-        scaled = resize_bilinear(image_u8, h, w)
+    """Cell and boundary maps (float32, the size of `scaled`) from overlapping windows of an already scaled image."""
+    window = cfg.window
+    h, w = scaled.shape[:2]
     with _timed(timings, "fuse"):
         ph, pw = max(h, window), max(w, window)
         if (ph, pw) != (h, w):
@@ -165,12 +157,84 @@ def predict_scale(
         inverse = 1.0 / (
             _coverage(ph, window, stride, profile)[:h, None] * _coverage(pw, window, stride, profile)[None, :w]
         )
-        cell = cell[:h, :w] * inverse
-        boundary = boundary[:h, :w] * inverse
+        return cell[:h, :w] * inverse, boundary[:h, :w] * inverse
+
+
+def scale_views(
+    image_u8: np.ndarray,
+    runner: Runner,
+    scale: float,
+    cfg: InferenceConfig,
+    stride: int | None = None,
+    timings: dict[str, float] | None = None,
+    flips: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Cell and boundary maps (float32 H×W, original size) of the image at `scale`, one pair per flipped view.
+
+    Each view flips the scaled image (`FLIP_AXES[flips]`), runs the windows and flips the maps back, so every
+    pair is aligned with the image; the first view is the image itself. A generator, so a caller averaging the
+    views holds one at a time.
+    """
+    window, stride = cfg.window, stride or cfg.stride
+    _check_inputs(image_u8, scale, window, stride)
+    if flips not in FLIP_AXES:
+        raise ValueError(f"flips must be one of {', '.join(map(str, FLIP_AXES))}, got {flips!r}")
+    fixed = getattr(runner, "input_hw", None)
+    if fixed is not None and tuple(fixed) != (window, window):
+        raise ModelError(f"model takes fixed {fixed[0]}×{fixed[1]} inputs but the window is {window}×{window}")
+    height, width = image_u8.shape[:2]
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
     with _timed(timings, "resize"):
-        cell = resize_bilinear(cell, height, width)
-        boundary = resize_bilinear(boundary, height, width)
+        scaled = resize_bilinear(image_u8, h, w)
+    for axes in FLIP_AXES[flips]:
+        cell, boundary = _window_maps(np.flip(scaled, axes) if axes else scaled, runner, cfg, stride, timings)
+        if axes:
+            cell, boundary = np.flip(cell, axes), np.flip(boundary, axes)
+        with _timed(timings, "resize"):
+            yield resize_bilinear(cell, height, width), resize_bilinear(boundary, height, width)
+
+
+def fuse(
+    maps: Iterable[tuple[np.ndarray, np.ndarray]], how: str, timings: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-wise maximum ("max") or mean ("mean") of (cell, boundary) map pairs, taken one pair at a time.
+
+    The inputs are never modified (the first pair is copied), so the same maps can be fused several ways.
+    """
+    if how not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {how!r}")
+    cell = boundary = None
+    count = 0
+    for cell_i, boundary_i in maps:
+        with _timed(timings, "fuse"):
+            if cell is None or boundary is None:
+                cell, boundary = np.array(cell_i, np.float32), np.array(boundary_i, np.float32)
+            elif how == "max":
+                np.maximum(cell, cell_i, out=cell)
+                np.maximum(boundary, boundary_i, out=boundary)
+            else:
+                cell += cell_i
+                boundary += boundary_i
+        count += 1
+    if cell is None or boundary is None:
+        raise ValueError("at least one scale is needed")
+    if how == "mean" and count > 1:
+        cell /= count
+        boundary /= count
     return cell, boundary
+
+
+def predict_scale(
+    image_u8: np.ndarray,
+    runner: Runner,
+    scale: float,
+    cfg: InferenceConfig,
+    stride: int | None = None,
+    timings: dict[str, float] | None = None,
+    flips: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cell and boundary probability maps (float32 H×W, original size) at `scale`: the mean of `flips` views."""
+    return fuse(scale_views(image_u8, runner, scale, cfg, stride, timings, flips), "mean", timings)
 
 
 def predict_maps(
@@ -180,14 +244,11 @@ def predict_maps(
     cfg: InferenceConfig,
     stride: int | None = None,
     timings: dict[str, float] | None = None,
+    flips: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-wise maximum over `scales` of the cell and boundary maps (MT2's multi-scale fusion)."""
+    """Maps over `scales` (each the mean of its flipped views, `cfg.flips` unless given), fused by `cfg.fusion`."""
     if len(scales) == 0:
         raise ValueError("at least one scale is needed")
-    cell, boundary = predict_scale(image_u8, runner, scales[0], cfg, stride, timings)
-    for scale in scales[1:]:
-        cell_s, boundary_s = predict_scale(image_u8, runner, scale, cfg, stride, timings)
-        with _timed(timings, "fuse"):
-            np.maximum(cell, cell_s, out=cell)
-            np.maximum(boundary, boundary_s, out=boundary)
-    return cell, boundary
+    views = cfg.flips if flips is None else flips
+    per_scale = (predict_scale(image_u8, runner, scale, cfg, stride, timings, views) for scale in scales)
+    return fuse(per_scale, cfg.fusion, timings)

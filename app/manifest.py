@@ -4,8 +4,8 @@
 everything else (architecture, training data, versions, metrics, parity figures) is free-form metadata written
 by the export. The app calls `verify_model` before loading, so a truncated download or an edited file is
 refused with one clear line instead of producing wrong labels. An optional `postprocess` table holds the
-post-processing thresholds chosen for these weights by `python -m app tune`; `predict` uses them unless the
-command line sets the same options.
+settings chosen for these weights by `python -m app tune` (flipped views, scale fusion, thresholds); `predict`
+uses them unless the command line sets the same options.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.config import CONTRACT, POSTPROCESS_FIELDS
+from app.config import CONTRACT, POSTPROCESS_FIELDS, InferenceConfig
 from app.errors import ModelError
 
 MANIFEST_VERSION = 1
@@ -114,11 +114,11 @@ def manifest_beside(model: Path | str) -> Path:
     return (model if model.is_dir() else model.parent) / CONTRACT.manifest_file
 
 
-def postprocess_settings(model: Path | str) -> dict[str, float | int]:
+def postprocess_settings(model: Path | str) -> dict[str, Any]:
     """The `postprocess` table of the model's manifest ({} when there is no manifest or no table).
 
-    A table with unknown fields or non-numeric values is a ModelError: silently ignoring it would run the
-    model with thresholds it was not tuned for.
+    A table with unknown fields, values of the wrong type or values the app does not accept is a ModelError:
+    silently ignoring it would run the model with settings it was not tuned for.
     """
     path = manifest_beside(model)
     if not path.is_file():
@@ -128,19 +128,34 @@ def postprocess_settings(model: Path | str) -> dict[str, float | int]:
         return {}
     if not isinstance(table, dict):
         raise ModelError(f"{path.name}: 'postprocess' must be a table of {', '.join(POSTPROCESS_FIELDS)}")
-    settings: dict[str, float | int] = {}
+    settings: dict[str, Any] = {}
     for name, value in table.items():
         if name == POSTPROCESS_NOTE:
             continue
         if name not in POSTPROCESS_FIELDS:
             raise ModelError(f"{path.name}: unknown field postprocess.{name} (known: {', '.join(POSTPROCESS_FIELDS)})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ModelError(f"{path.name}: postprocess.{name} must be a number, got {value!r}")
-        settings[name] = int(value) if name == "min_seed_area" else float(value)
+        settings[name] = _typed(path.name, name, value, type(getattr(InferenceConfig, name)))
+    try:
+        InferenceConfig(**settings)
+    except ValueError as exc:
+        raise ModelError(f"{path.name}: postprocess table: {exc}") from exc
     return settings
 
 
-def store_postprocess(directory: Path | str, settings: Mapping[str, float | int], note: str) -> Path:
+def _typed(manifest: str, name: str, value: Any, kind: type) -> Any:
+    """A manifest value as the config field's type (str, int or float), or a ModelError naming the field."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise ModelError(f"{manifest}: postprocess.{name} must be text, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelError(f"{manifest}: postprocess.{name} must be a number, got {value!r}")
+    if kind is int and value != int(value):
+        raise ModelError(f"{manifest}: postprocess.{name} must be a whole number, got {value!r}")
+    return kind(value)
+
+
+def store_postprocess(directory: Path | str, settings: Mapping[str, Any], note: str) -> Path:
     """Write `settings` (post-processing fields only) and a `tuned_on` note into an existing manifest."""
     path = Path(directory) / CONTRACT.manifest_file
     manifest = read_manifest(path)

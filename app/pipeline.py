@@ -26,7 +26,7 @@ from tqdm import tqdm
 from app.config import CHALLENGE, InferenceConfig
 from app.errors import InputError
 from app.normalize import is_fluorescence, normalize, to_rgb
-from app.plan import Planner
+from app.plan import Planner, describe
 from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
 from app.segment import segment
@@ -40,7 +40,7 @@ OWN_STAGES = ("read", "normalise", "plan")
 WRITE_STAGE = "write"
 REPORT_COLUMNS = (
     "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence",
-    "scales", "stride", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
+    "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
 )
 
 
@@ -91,7 +91,8 @@ def process_image(
     t0 = time.perf_counter()
     plan = planner.plan(height, width, fluorescence)
     timings["plan"] = time.perf_counter() - t0
-    row.update(scales="/".join(f"{s:g}" for s in plan.scales), stride=plan.stride, plan=plan.reason)
+    row.update(scales="/".join(f"{s:g}" for s in plan.scales), stride=plan.stride, flips=plan.flips,
+               plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
     labels = segment(image_u8, runner, plan, cfg, timings)
     del image_u8
@@ -185,6 +186,7 @@ def run_folder(
         raise SetupError(str(exc)) from exc
     warn(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
+        f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
         f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area}; "
         f"{len(images)} image(s)"
     )
@@ -216,7 +218,6 @@ def run_folder(
                     startup_s=startup,
                     tolerance_s=tolerance(h, w),
                     penalised_s=penalised(seconds + startup, h, w),
-                    scales_desc=f"scales {row['scales']} stride {row['stride']}",
                 )
                 say(log_line(row))
             else:

@@ -1,11 +1,12 @@
-"""Which scales and stride to run an image at: MT2's plan when time allows, cheaper plans when it does not.
+"""Which scales, stride and flipped views to run an image at: the full plan when time allows, cheaper plans
+when it does not.
 
 The challenge gives every image a time tolerance (10 s, or 10 s per megapixel above 1 MP) and penalises only
 the time beyond it. `choose_plan` walks a ladder of plans in accuracy order -- MT2's multi-scale plan at stride
-256, then one scale, then larger strides, then lower scales -- and takes the first whose estimated cost fits a
-safety margin of the budget. The cost model is a pure function of the image size and a few measured
-throughputs (`Costs`); `Planner` measures the model's throughput on this device once, lazily, and turns the
-`--budget` setting into seconds.
+256 with the configured flipped views, then with fewer views, then one scale, then larger strides, then lower
+scales -- and takes the first whose estimated cost fits a safety margin of the budget. The cost model is a pure
+function of the image size and a few measured throughputs (`Costs`); `Planner` measures the model's throughput
+on this device once, lazily, and turns the `--budget` setting into seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.config import InferenceConfig
+from app.config import FLIP_AXES, InferenceConfig
 from app.tiling import window_grid
 from app.timing import tolerance
 
@@ -27,11 +28,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Plan:
-    """Scales and window stride for one image, and a one-line reason the pipeline logs."""
+    """Scales, window stride and flipped views for one image, and a one-line reason the pipeline logs."""
 
     scales: tuple[float, ...]
     stride: int
     reason: str
+    flips: int = 1
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ..
 
 
 def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str) -> Plan:
-    """MT2's published plan for the modality at the configured stride."""
-    return Plan(modality_scales(fluorescence, cfg), cfg.stride, reason)
+    """MT2's published scales for the modality at the configured stride and flipped views."""
+    return Plan(modality_scales(fluorescence, cfg), cfg.stride, reason, cfg.flips)
 
 
 def scaled_size(length: int, scale: float) -> int:
@@ -123,24 +125,27 @@ def estimate_seconds(
     *,
     window: int = InferenceConfig.window,
     shapes: list[tuple[int, int]] | None = None,
+    flips: int = 1,
 ) -> float:
     """Estimated seconds for one image: windows x model time, plus host work per megapixel.
 
     `shapes` are the arrays the model sees (default: the whole image); on the whole-slide path they are the
-    haloed tiles, so halo overlap is paid for in model windows and in per-scale map work.
+    haloed tiles, so halo overlap is paid for in model windows and in per-scale map work. Every flipped view
+    runs all the windows again and is accumulated and resized back like another scale.
     """
     shapes = shapes if shapes is not None else [(h, w)]
-    windows = window_count(shapes, scales, window, stride)
+    windows = window_count(shapes, scales, window, stride) * flips
     crop_mp = sum(a * b for a, b in shapes) / 1e6
     image_mp = h * w / 1e6
-    host = crop_mp * (len(scales) * costs.map_seconds_per_mp + costs.post_seconds_per_mp)
+    host = crop_mp * (len(scales) * flips * costs.map_seconds_per_mp + costs.post_seconds_per_mp)
     return windows * costs.window_seconds + host + image_mp * costs.io_seconds_per_mp
 
 
 def candidate_plans(
     fluorescence: bool, cfg: InferenceConfig, ladder: PlanLadder = LADDER
-) -> list[tuple[tuple[float, ...], int, str]]:
-    """(scales, stride, label) in accuracy order; the last one is the cheapest and always used as last resort."""
+) -> list[tuple[tuple[float, ...], int, int, str]]:
+    """(scales, stride, flips, label) in accuracy order; the last one is the cheapest and always used as last
+    resort. Flipped views are dropped first: they cost a full pass each for a smaller gain than a scale."""
     full = modality_scales(fluorescence, cfg)
     single = min(full, key=lambda s: abs(s - 1.0)) if not fluorescence else max(full)
     strides = sorted(
@@ -152,16 +157,21 @@ def candidate_plans(
     )
     strides = [s for s in strides if cfg.stride < s <= cfg.window]
     widest = strides[-1] if strides else cfg.stride
-    out: list[tuple[tuple[float, ...], int, str]] = [(full, cfg.stride, "MT2 plan")]
+    views = sorted((f for f in FLIP_AXES if 1 < f <= cfg.flips), reverse=True)
+    out: list[tuple[tuple[float, ...], int, int, str]] = [
+        *((full, cfg.stride, f, "MT2 plan, flipped views") for f in views),
+        (full, cfg.stride, 1, "MT2 plan"),
+    ]
     if len(full) > 1:
-        out.append(((single,), cfg.stride, "one scale"))
-    out += [((single,), s, "one scale, larger stride") for s in strides]
-    out += [((s,), widest, "lower scale") for s in ladder.fallback_scales if s < single]
+        out.append(((single,), cfg.stride, 1, "one scale"))
+    out += [((single,), s, 1, "one scale, larger stride") for s in strides]
+    out += [((s,), widest, 1, "lower scale") for s in ladder.fallback_scales if s < single]
     return out
 
 
-def describe(scales: tuple[float, ...], stride: int) -> str:
-    return f"scales {'/'.join(f'{s:g}' for s in scales)} stride {stride}"
+def describe(scales: tuple[float, ...], stride: int, flips: int = 1) -> str:
+    views = f" x{flips} views" if flips > 1 else ""
+    return f"scales {'/'.join(f'{s:g}' for s in scales)} stride {stride}{views}"
 
 
 def choose_plan(
@@ -182,18 +192,22 @@ def choose_plan(
     limit = budget_seconds * cfg.budget_safety
     shapes = crop_shapes(h, w, cfg)
     candidates = candidate_plans(fluorescence, cfg, ladder)
-    estimates = [estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes) for sc, st, _ in candidates]
+    estimates = [
+        estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f) for sc, st, f, _ in candidates
+    ]
     margin = f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget"
-    for (scales, stride, label), est in zip(candidates, estimates):
+    for (scales, stride, flips, label), est in zip(candidates, estimates):
         if est <= limit:
-            return Plan(scales, stride, f"{label}: {describe(scales, stride)}, estimated {est:.1f} s within {margin}")
+            what = describe(scales, stride, flips)
+            return Plan(scales, stride, f"{label}: {what}, estimated {est:.1f} s within {margin}", flips)
     cheapest = min(range(len(candidates)), key=lambda i: (estimates[i], i))
-    scales, stride, _ = candidates[cheapest]
+    scales, stride, flips, _ = candidates[cheapest]
     return Plan(
         scales,
         stride,
-        f"over budget, cheapest plan: {describe(scales, stride)}, estimated {estimates[cheapest]:.1f} s against "
-        f"{margin}",
+        f"over budget, cheapest plan: {describe(scales, stride, flips)}, estimated {estimates[cheapest]:.1f} s "
+        f"against {margin}",
+        flips,
     )
 
 
@@ -304,7 +318,7 @@ class Planner:
         """The plan for one image, logged with its reason."""
         budget = self.budget_seconds(height, width)
         if budget is None:
-            what = describe(modality_scales(fluorescence, self.cfg), self.cfg.stride)
+            what = describe(modality_scales(fluorescence, self.cfg), self.cfg.stride, self.cfg.flips)
             chosen = full_plan(fluorescence, self.cfg, f"budget none: MT2 plan, {what}")
         else:
             chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget, self.ladder)

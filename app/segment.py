@@ -92,8 +92,8 @@ def _add(timings: dict[str, float] | None, key: str, seconds: float) -> None:
 def segment_whole(
     image_u8: np.ndarray, runner, plan: Plan, cfg: InferenceConfig, timings: dict[str, float] | None = None
 ) -> np.ndarray:
-    """predict_maps at the plan's scales and stride, then MT2's watershed; int32 labels."""
-    cell, boundary = predict_maps(image_u8, runner, plan.scales, cfg, stride=plan.stride, timings=timings)
+    """predict_maps at the plan's scales, stride and flipped views, then MT2's watershed; int32 labels."""
+    cell, boundary = predict_maps(image_u8, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
     t0 = time.perf_counter()
     labels = instance_map(cell, boundary, cfg)
     _add(timings, "postprocess", time.perf_counter() - t0)
@@ -141,7 +141,7 @@ def segment_tiled(
         for tile in tiles:
             y0, y1, x0, x1 = tile.crop
             crop = image_u8[y0:y1, x0:x1]
-            cell, boundary = predict_maps(crop, runner, plan.scales, cfg, stride=plan.stride, timings=timings)
+            cell, boundary = predict_maps(crop, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
             if pool is None:
                 paste(tile, _post_tile(cell, boundary, tile, cfg))
                 continue

@@ -1,10 +1,12 @@
-"""Choose the post-processing thresholds for one model on labelled images (``python -m app tune``).
+"""Choose how one model's outputs become instances, on labelled images (``python -m app tune``).
 
 MT2's published thresholds (T_cell 0.3, T_seed 0.8, S_min 64 px) were set for the authors' network and the
 challenge's cell sizes. Another network, or smaller cells, wants other values: a 64-pixel minimum seed drops
-every cell under about 10 px across. The model's fused maps are computed once per image (the expensive part),
-then every combination of the grid is post-processed and scored with the challenge F1; the best combination
-can be stored in the weights' manifest, where `predict` picks it up.
+every cell under about 10 px across. Whether flipped views and averaging the scales (instead of MT2's maximum)
+help depends on the network too. The model runs once per image at MT2's scales with the most flipped views of
+the grid (the expensive part; the views of fewer flips are a prefix of them), then every combination of the
+grid is fused, post-processed and scored with the challenge F1, one image at a time so that only one image's
+maps are held. The best combination can be stored in the weights' manifest, where `predict` picks it up.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import InputError
-from app.infer import predict_maps
+from app.infer import fuse, scale_views
 from app.metric import image_scores, read_labels
 from app.normalize import is_fluorescence, read_normalized
 from app.plan import modality_scales
@@ -28,20 +30,31 @@ from app.writer import output_name
 
 
 @dataclass(frozen=True)
-class Maps:
-    """One labelled image's ground truth and the model's fused maps at MT2's full plan."""
+class Views:
+    """One labelled image's ground truth and its (cell, boundary) maps per scale of MT2's plan and flipped view."""
 
     name: str
     truth: np.ndarray
-    cell: np.ndarray
-    boundary: np.ndarray
+    per_scale: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
+
+    def fused(self, flips: int, fusion: str) -> tuple[np.ndarray, np.ndarray]:
+        """The maps `predict` computes with `flips` views and `fusion` (the same operations, in the same order)."""
+        return fuse((fuse(views[:flips], "mean") for views in self.per_scale), fusion)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """F1 of one image under each candidate setting, in the candidates' order."""
+
+    name: str
+    f1: np.ndarray
 
 
 @dataclass(frozen=True)
 class Trial:
     """Mean F1 over the images for one setting of the post-processing fields."""
 
-    settings: dict[str, float | int]
+    settings: dict[str, Any]
     f1: float
 
 
@@ -52,62 +65,84 @@ def labelled_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return [(image, label) for image, label in pairs if label.is_file()]
 
 
-def fused_maps(image_path: Path, runner, cfg: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Cell and boundary maps of one image exactly as `predict` computes them at MT2's full plan."""
+def image_views(image_path: Path, runner, cfg: InferenceConfig, flips: int):  # type: ignore[no-untyped-def]
+    """Maps of one image as `predict` computes them at MT2's scales, per scale and per flipped view."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
     scales = modality_scales(is_fluorescence(rgb_u8, cfg), cfg)
-    return predict_maps(rgb_u8, runner, scales, cfg)
+    return tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
 
 
-def collect_maps(
-    pairs: Iterable[tuple[Path, Path]],
-    runner,  # type: ignore[no-untyped-def]
-    cfg: InferenceConfig,
-    on_error: Callable[[str], None] = lambda message: None,
-) -> list[Maps]:
-    """Maps of every readable pair; a pair that cannot be read or whose shapes differ is reported and skipped."""
-    collected = []
-    for image_path, label_path in pairs:
-        try:
-            truth = read_labels(label_path)
-            cell, boundary = fused_maps(image_path, runner, cfg)
-        except (InputError, OSError, ValueError) as exc:
-            on_error(f"{image_path.name}: {exc}")
-            continue
-        if truth.shape != cell.shape:
-            on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {cell.shape}")
-            continue
-        collected.append(Maps(image_path.stem, truth, cell, boundary))
-    return collected
+def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
+    """Every combination of the grid in which the seed threshold is at least the cell threshold.
+
+    Fewer flips come first, so that of equally good settings the cheapest is ranked first.
+    """
+    combos = itertools.product(
+        sorted(grid.flips), grid.fusions, grid.cell_thresholds, grid.seed_thresholds, grid.min_seed_areas
+    )
+    return [dict(zip(POSTPROCESS_FIELDS, combo)) for combo in combos if combo[3] >= combo[2]]
 
 
-def grid_settings(grid: TuneGrid) -> list[dict[str, float | int]]:
-    """Every combination of the grid in which the seed threshold is at least the cell threshold."""
-    combos = itertools.product(grid.cell_thresholds, grid.seed_thresholds, grid.min_seed_areas)
-    return [dict(zip(POSTPROCESS_FIELDS, combo)) for combo in combos if combo[1] >= combo[0]]
-
-
-def score_settings(maps: list[Maps], settings: dict[str, float | int], cfg: InferenceConfig) -> float:
-    """Mean challenge F1 over `maps` with `settings` replacing the config's post-processing fields."""
-    trial_cfg = cfg.with_overrides(**settings)
-    return float(np.mean([image_scores(m.truth, instance_map(m.cell, m.boundary, trial_cfg)).f1 for m in maps]))
-
-
-def current_settings(cfg: InferenceConfig) -> dict[str, float | int]:
+def current_settings(cfg: InferenceConfig) -> dict[str, Any]:
     """The config's own post-processing values, keyed like a grid setting."""
     return {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
 
 
-def sweep(maps: list[Maps], cfg: InferenceConfig, grid: TuneGrid = TuneGrid()) -> list[Trial]:
-    """Score every grid setting (and the config's own), best first; ties keep the grid's order."""
-    if not maps:
-        raise ValueError("no labelled images to tune on")
+def candidate_settings(cfg: InferenceConfig, grid: TuneGrid = TuneGrid()) -> list[dict[str, Any]]:
+    """The grid's settings, and the config's own (the reference) when the grid lacks it."""
     candidates = grid_settings(grid)
     current = current_settings(cfg)
-    if current not in candidates:
-        candidates.append(current)
-    trials = [Trial(settings, score_settings(maps, settings, cfg)) for settings in candidates]
+    return candidates if current in candidates else [*candidates, current]
+
+
+def score_views(views: Views, candidates: list[dict[str, Any]], cfg: InferenceConfig) -> np.ndarray:
+    """Challenge F1 of one image under every candidate; each (flips, fusion) pair is fused only once."""
+    scores = np.zeros(len(candidates))
+    fused: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+    for i, settings in enumerate(candidates):
+        key = (int(settings["flips"]), str(settings["fusion"]))
+        if key not in fused:
+            fused[key] = views.fused(*key)
+        cell, boundary = fused[key]
+        scores[i] = image_scores(views.truth, instance_map(cell, boundary, cfg.with_overrides(**settings))).f1
+    return scores
+
+
+def collect_scores(
+    pairs: Iterable[tuple[Path, Path]],
+    runner,  # type: ignore[no-untyped-def]
+    cfg: InferenceConfig,
+    candidates: list[dict[str, Any]],
+    on_error: Callable[[str], None] = lambda message: None,
+) -> list[Scored]:
+    """Scores of every readable pair; a pair that cannot be read or whose shapes differ is reported and skipped."""
+    flips = max(int(settings["flips"]) for settings in candidates)
+    scored = []
+    for image_path, label_path in pairs:
+        try:
+            truth = read_labels(label_path)
+            per_scale = image_views(image_path, runner, cfg, flips)
+        except (InputError, OSError, ValueError) as exc:
+            on_error(f"{image_path.name}: {exc}")
+            continue
+        shape = per_scale[0][0][0].shape
+        if truth.shape != shape:
+            on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {shape}")
+            continue
+        scored.append(Scored(image_path.stem, score_views(Views(image_path.stem, truth, per_scale), candidates, cfg)))
+    return scored
+
+
+def rank(candidates: list[dict[str, Any]], scored: list[Scored]) -> list[Trial]:
+    """Candidates with their mean F1 over the images, best first; ties keep the candidates' order."""
+    if not scored:
+        raise ValueError("no labelled images to tune on")
+    means = np.mean([s.f1 for s in scored], axis=0)
+    trials = [Trial(settings, float(f1)) for settings, f1 in zip(candidates, means)]
     return sorted(trials, key=lambda trial: -trial.f1)
 
 
-__all__ = ["Maps", "Trial", "collect_maps", "current_settings", "fused_maps", "grid_settings", "labelled_pairs", "score_settings", "sweep"]
+__all__ = [
+    "Scored", "Trial", "Views", "candidate_settings", "collect_scores", "current_settings", "grid_settings",
+    "image_views", "labelled_pairs", "rank", "score_views",
+]

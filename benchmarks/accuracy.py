@@ -10,7 +10,7 @@ Methods (columns of the table):
 - ``mt`` and ``supervised``: Mean Teacher against supervised-only, both trained from scratch with the same
   preset and the same number of optimiser steps when only ``--labelled-fraction`` (10%) of the labelled
   training images keep their labels (the rest join the unlabelled pool); each best checkpoint is exported to
-  ONNX, its post-processing thresholds are chosen by ``python -m app tune`` on a separate tuning set
+  ONNX, its views, fusion and thresholds are chosen by ``python -m app tune`` on a separate tuning set
   (``--tune-images``, seed ``--tune-seed``), as the shipped weights' were, and it runs through the app like the
   shipped model.
 
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--labelled-fraction", type=float, default=0.1, help="labels kept (default 0.1)")
     g.add_argument("--max-steps", type=int, default=500, help="optimiser steps of each run (the budget; default 500)")
     g.add_argument("--tune-images", type=int, default=20,
-                   help="labelled images on which each trained model's thresholds are tuned (0: MT2's; default 20)")
+                   help="labelled images on which each trained model's settings are tuned (0: MT2's; default 20)")
     g.add_argument("--tune-seed", type=int, default=TUNE_SEED, help="seed of the tuning set")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra training overrides for both runs")
@@ -154,7 +154,7 @@ def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool
 
 
 def tune_thresholds(model: Path, tuning: Path, threads: int) -> None:
-    """Store the best post-processing thresholds for `model` (a weights folder) with the app's own command."""
+    """Store the best views, fusion and thresholds for `model` (a weights folder) with the app's own command."""
     command = [sys.executable, "-m", "app", "tune", "--data", str(tuning), "--model", str(model), "--write",
                "--device", "cpu"]
     if threads:
@@ -264,14 +264,14 @@ def run(args: argparse.Namespace) -> list[str]:
         from app.manifest import postprocess_settings
 
         tuned = postprocess_settings(args.model)
-        lines.append("Shipped model thresholds: " + (
-            ", ".join(f"{k} {v:g}" for k, v in tuned.items()) + " (from its manifest)" if tuned else "MT2's defaults."))
+        lines.append("Shipped model settings: " + (
+            ", ".join(f"{k} {v}" for k, v in tuned.items()) + " (from its manifest)" if tuned else "MT2's defaults."))
     if {"mt", "supervised"} & set(results):
         lines.append(
             f"Training comparison: preset `{args.preset}`, {args.train_images} labelled images (seed "
             f"{args.train_seed}), {args.labelled_fraction:.0%} keep labels, {args.max_steps} steps per run; "
-            + (f"thresholds tuned on {args.tune_images} images (seed {args.tune_seed})." if args.tune_images
-               else "MT2's thresholds.")
+            + (f"views, fusion and thresholds tuned on {args.tune_images} images (seed {args.tune_seed})."
+               if args.tune_images else "MT2's settings.")
         )
     lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
     return lines

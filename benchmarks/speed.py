@@ -114,12 +114,14 @@ def default_model(workdir: Path) -> tuple[Path, str]:
 def child(image: Path, model: Path, budget: str, threads: int, workers: int | None, out: Path) -> None:
     """Run one image through the pipeline's per-image path and write the measurements as JSON."""
     from app.config import InferenceConfig
+    from app.manifest import postprocess_settings
     from app.pipeline import process_image
     from app.plan import Planner, crop_shapes, estimate_seconds
     from app.runner import ModelRunner
     from app.timing import process_age, tolerance
 
-    cfg = InferenceConfig(budget=budget, device="cpu", threads=threads)
+    # The settings tuned for the weights (views, fusion, thresholds) apply as they do in `app predict`.
+    cfg = InferenceConfig().with_overrides(**postprocess_settings(model), budget=budget, device="cpu", threads=threads)
     if workers is not None:
         cfg = cfg.with_overrides(tile_workers=workers)
     runner = ModelRunner(model, cfg.device, cfg.threads)
@@ -139,6 +141,7 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
         "plan": row["plan"],
         "scales": row["scales"],
         "stride": row["stride"],
+        "flips": row["flips"],
         "cells": row["cells"],
         "timings": timings,
         "seconds": seconds,
@@ -148,7 +151,7 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
         "peak_rss": peak,
         "window_seconds": planner.costs.window_seconds if planner._costs is not None else None,
         "estimate": estimate_seconds(h, w, tuple(plan_scales(row)), row["stride"], planner.costs,
-                                     window=cfg.window, shapes=crop_shapes(h, w, cfg)),
+                                     window=cfg.window, shapes=crop_shapes(h, w, cfg), flips=row["flips"]),
         "provider": runner.provider,
     }
     out.write_text(json.dumps(result))
@@ -260,7 +263,7 @@ def table(results: list[dict]) -> str:
         cells = [
             f"{mp:g}",
             f"{r['height']} x {r['width']}",
-            f"{r['scales']} @{r['stride']}",
+            f"{r['scales']} @{r['stride']}" + (f" x{r['flips']}" if r.get("flips", 1) > 1 else ""),
             *(f"{t.get(k, 0.0):.2f}" for k in STAGES),
             f"{r['seconds']:.1f}",
             f"{r['estimate']:.1f}",

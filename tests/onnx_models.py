@@ -21,14 +21,23 @@ def contract_model(
     path: Path,
     *,
     kernel: int = 1,
+    weight: np.ndarray | None = None,
     gain: float = 20.0,
     level: float = 0.5,
     fp16: bool = False,
     names: tuple[str, str, str, str] = ("image", "cls", "cell", "boundary"),
 ) -> Path:
-    """Write a contract-conforming model to `path` and return it."""
+    """Write a contract-conforming model to `path` and return it.
+
+    `weight` (k x k, k odd) replaces the box blur of the grey level, e.g. an off-centre 1 for a model that is not
+    mirror-symmetric.
+    """
     inp, cls_name, cell_name, bnd_name = names
-    weight = np.full((1, 3, kernel, kernel), 1.0 / (3 * kernel * kernel), dtype=np.float32)
+    if weight is None:
+        weight = np.full((1, 3, kernel, kernel), 1.0 / (3 * kernel * kernel), dtype=np.float32)
+    else:
+        kernel = weight.shape[0]
+        weight = np.repeat(np.asarray(weight, np.float32)[None, None] / 3, 3, axis=1)
     pad = kernel // 2
     inits = [
         numpy_helper.from_array(weight, "w_gray"),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from app.config import POSTPROCESS_FIELDS
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -25,10 +27,11 @@ def test_all_methods_on_a_toy_budget(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "| modality | images | shipped model | classical baseline | Mean Teacher @50% | supervised-only @50% |" in text
     assert "| **overall** | 4 |" in text
     assert "Mean Teacher minus supervised-only, overall F1:" in text
-    assert "thresholds tuned on 2 images (seed 3000)" in text
-    for method in ("mt", "supervised"):  # each comparison model carries the thresholds `app tune` chose for it
+    assert "views, fusion and thresholds tuned on 2 images (seed 3000)" in text
+    assert "Shipped model settings: flips " in text
+    for method in ("mt", "supervised"):  # each comparison model carries the settings `app tune` chose for it
         manifest = json.loads((tmp_path / f"run_{method}" / "onnx" / "manifest.json").read_text())
-        assert set(manifest["postprocess"]) == {"cell_threshold", "seed_threshold", "min_seed_area", "tuned_on"}
+        assert set(manifest["postprocess"]) == {*POSTPROCESS_FIELDS, "tuned_on"}
         assert len(list((tmp_path / f"pred_{method}").glob("*_label.tiff"))) == 4
 
 

@@ -75,7 +75,10 @@ def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) 
     args = ["predict", "--input", str(inputs), "--output", str(out), "--model", str(model), *FAST]
     result = CliRunner().invoke(cli, [*args, "--scales", "1,1.25", "--report", str(out / "r.csv")])
     assert result.exit_code == 0, result.output
-    assert ",1/1.25," in (out / "r.csv").read_text()
+    assert ",1/1.25,256,1," in (out / "r.csv").read_text()
+    result = CliRunner().invoke(cli, [*args, "--flips", "2", "--fusion", "mean", "--report", str(out / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert ",0.8/1/1.2,256,2," in (out / "r.csv").read_text() and "x2 views" in result.output
     result = CliRunner().invoke(cli, [*args, "--min-seed-area", "100000"])
     assert result.exit_code == 0, result.output
     assert not tifffile.imread(out / "cell_00001_label.tiff").any()
@@ -91,6 +94,8 @@ def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) 
         (["--model", "{tmp}/missing.onnx"], "error: "),
         (["--device", "gpu"], "device must be one of"),
         (["--budget", "soon"], "budget must be"),
+        (["--flips", "3"], "flips must be one of 1, 2, 4"),
+        (["--fusion", "median"], "fusion must be one of max, mean"),
     ],
 )
 def test_setup_errors_are_one_line_and_exit_2(tmp_path: Path, inputs: Path, model: Path, args, message) -> None:

@@ -1,4 +1,5 @@
-"""Sliding-window inference: equivalence with a direct pass, stride independence, scales, max fusion, resize."""
+"""Sliding-window inference: equivalence with a direct pass, stride independence, scales, flipped views, fusion,
+resize."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from scipy import ndimage
 
 from app.config import InferenceConfig
 from app.errors import ModelError
-from app.infer import predict_maps, predict_scale, resize_bilinear, window_profile
+from app.infer import fuse, predict_maps, predict_scale, resize_bilinear, scale_views, window_profile
 from app.runner import ModelRunner
 from tests.onnx_models import contract_model, disc_image, shaped_model
 
@@ -104,6 +105,56 @@ def test_max_fusion_over_scales(tmp_path):
     np.testing.assert_array_equal(cell, np.maximum(per_scale[0][0], per_scale[1][0]))
     np.testing.assert_array_equal(boundary, np.maximum(per_scale[0][1], per_scale[1][1]))
     assert set(timings) == {"resize", "model", "fuse"} and all(v > 0 for v in timings.values())
+
+
+def test_mean_fusion_over_scales(tmp_path):
+    runner = ModelRunner(contract_model(tmp_path / "blur.onnx", kernel=3), "cpu", threads=1)
+    image = np.random.default_rng(3).integers(0, 256, (400, 560, 3), dtype=np.uint8)
+    per_scale = [predict_scale(image, runner, s, CFG) for s in (0.6, 1.3)]
+    cell, boundary = predict_maps(image, runner, (0.6, 1.3), CFG.with_overrides(fusion="mean"))
+    np.testing.assert_allclose(cell, (per_scale[0][0] + per_scale[1][0]) / 2, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(boundary, (per_scale[0][1] + per_scale[1][1]) / 2, rtol=0, atol=1e-7)
+
+
+def test_flipped_views_are_aligned_with_the_image(tmp_path):
+    """A pointwise model gives the same maps in every orientation, so flipped back, every view is the first."""
+    runner = ModelRunner(contract_model(tmp_path / "point.onnx"), "cpu", threads=1)
+    image = rgb(disc_image((700, 600), [(150, 150), (500, 420), (90, 520)], 40))  # no mirror symmetry
+    views = list(scale_views(image, runner, 1.3, CFG, flips=4))
+    assert len(views) == 4
+    for cell, boundary in views[1:]:
+        np.testing.assert_allclose(cell, views[0][0], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(boundary, views[0][1], rtol=0, atol=1e-6)
+
+
+def test_flipped_views_average_a_directional_model(tmp_path):
+    """A model that reads each pixel's right neighbour: its mirrored view reads the left one, and 2 flips
+    average the two; 4 flips add the up-down mirror, which this model does not see."""
+    shift = np.zeros((3, 3), np.float32)
+    shift[1, 2] = 1.0
+    runner = ModelRunner(contract_model(tmp_path / "shift.onnx", weight=shift, gain=5.0), "cpu", threads=1)
+    image = np.random.default_rng(5).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    plain = predict_scale(image, runner, 1.0, CFG)
+    mirrored = [np.fliplr(m) for m in predict_scale(np.ascontiguousarray(image[:, ::-1]), runner, 1.0, CFG)]
+    assert np.abs(plain[0] - mirrored[0]).max() > 0.1  # the two views really differ
+    two = predict_scale(image, runner, 1.0, CFG, flips=2)
+    np.testing.assert_allclose(two[0], (plain[0] + mirrored[0]) / 2, rtol=0, atol=1e-6)
+    four = predict_maps(image, runner, (1.0,), CFG.with_overrides(flips=4))
+    np.testing.assert_allclose(four[0], two[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="flips must be one of 1, 2, 4"):
+        predict_scale(image, runner, 1.0, CFG, flips=3)
+
+
+def test_fuse_leaves_its_inputs_alone():
+    a, b = np.ones((4, 4), np.float32), np.full((4, 4), 3.0, np.float32)
+    pairs = [(a, a), (b, b)]
+    np.testing.assert_array_equal(fuse(pairs, "mean")[0], np.full((4, 4), 2.0))
+    np.testing.assert_array_equal(fuse(pairs, "max")[1], b)
+    assert (a == 1).all() and (b == 3).all()
+    with pytest.raises(ValueError, match="fusion"):
+        fuse(pairs, "median")
+    with pytest.raises(ValueError, match="at least one"):
+        fuse([], "max")
 
 
 def test_bad_arguments_refused(tmp_path):

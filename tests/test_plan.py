@@ -13,6 +13,7 @@ from app.plan import (
     choose_plan,
     crop_shapes,
     estimate_seconds,
+    full_plan,
     modality_scales,
     parse_budget,
 )
@@ -52,6 +53,29 @@ def test_ladder_is_in_accuracy_order() -> None:
     fluo = candidate_plans(True, CFG)
     assert fluo[0][:2] == ((1.5,), 256)
     assert fluo[1][:2] == ((1.5,), 384)
+
+
+def test_flipped_views_cost_a_pass_each_and_go_first() -> None:
+    one = estimate_seconds(1024, 1024, (1.0,), 256, COSTS)
+    four = estimate_seconds(1024, 1024, (1.0,), 256, COSTS, flips=4)
+    assert four == pytest.approx(4 * 9 * 0.1 + 1.048576 * (4 * 0.1 + 0.2) + 1.048576 * 0.1)
+    assert four > one
+    plans = candidate_plans(False, CFG.with_overrides(flips=4))
+    assert [p[2] for p in plans[:4]] == [4, 2, 1, 1]
+    assert all(p[0] == (0.8, 1.0, 1.2) for p in plans[:3]) and plans[3][0] == (1.0,)
+    assert [p[2] for p in candidate_plans(True, CFG.with_overrides(flips=2))[:2]] == [2, 1]
+    assert all(p[2] == 1 for p in candidate_plans(False, CFG))
+
+
+def test_budget_drops_flipped_views_before_scales() -> None:
+    cfg = CFG.with_overrides(flips=4)
+    ample = choose_plan(1000, 1000, False, cfg, COSTS, budget_seconds=1000.0)
+    assert (ample.scales, ample.flips) == ((0.8, 1.0, 1.2), 4) and "x4 views" in ample.reason
+    full = estimate_seconds(1000, 1000, (0.8, 1.0, 1.2), 256, COSTS)
+    two = estimate_seconds(1000, 1000, (0.8, 1.0, 1.2), 256, COSTS, flips=2)
+    middle = choose_plan(1000, 1000, False, cfg, COSTS, budget_seconds=(full + two) / 2 / cfg.budget_safety)
+    assert (middle.scales, middle.flips) == ((0.8, 1.0, 1.2), 1)
+    assert full_plan(False, cfg, "x").flips == 4
 
 
 def test_full_plan_when_budget_is_ample() -> None:

@@ -1,4 +1,4 @@
-"""Threshold tuning: the grid, the sweep, the manifest's postprocess table and `python -m app tune` end to end."""
+"""Tuning: the grid, the scoring, the manifest's postprocess table and `python -m app tune` end to end."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import ModelError
 from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
 from app.runner import ModelRunner
-from app.tune import Maps, collect_maps, grid_settings, labelled_pairs, sweep
+from app.infer import predict_maps
+from app.normalize import read_normalized
+from app.tune import (
+    Scored, Views, candidate_settings, collect_scores, grid_settings, image_views, labelled_pairs, rank, score_views,
+)
 from tests.onnx_models import contract_model, disc_image
 
 SHAPE = (96, 128)
@@ -52,25 +56,70 @@ def weights(tmp_path: Path) -> Path:
 
 
 def test_grid_skips_seed_below_cell_threshold() -> None:
-    grid = TuneGrid(cell_thresholds=(0.2, 0.6), seed_thresholds=(0.5, 0.8), min_seed_areas=(4, 64))
+    grid = TuneGrid(flips=(2, 1), fusions=("max",), cell_thresholds=(0.2, 0.6), seed_thresholds=(0.5, 0.8),
+                    min_seed_areas=(4, 64))
     settings = grid_settings(grid)
-    assert len(settings) == 6  # (0.6, 0.5, *) is skipped
+    assert len(settings) == 12  # (0.6, 0.5, *) is skipped, for each flip count
     assert all(s["seed_threshold"] >= s["cell_threshold"] for s in settings)
     assert all(tuple(s) == POSTPROCESS_FIELDS for s in settings)
+    assert [s["flips"] for s in settings[::6]] == [1, 2]  # the cheaper views first, so ties favour them
 
 
-def test_sweep_finds_a_small_seed_area_for_small_cells() -> None:
+def test_candidates_hold_the_config_reference_once() -> None:
+    grid = TuneGrid(flips=(1,), fusions=("mean",), cell_thresholds=(0.3,), seed_thresholds=(0.8,), min_seed_areas=(64,))
+    candidates = candidate_settings(InferenceConfig(), grid)
+    assert candidates[-1] == {"flips": 1, "fusion": "max", "cell_threshold": 0.3, "seed_threshold": 0.8,
+                              "min_seed_area": 64}
+    assert len(candidates) == 2
+    assert len(candidate_settings(InferenceConfig(fusion="mean"), grid)) == 1
+
+
+def _views(truth: np.ndarray, cell: np.ndarray) -> Views:
+    """Two scales of two views each; only the mean of scale 2's views, or the max over scales, sees the cells."""
+    empty = np.zeros_like(cell)
+    return Views("a", truth, (((empty, empty), (empty, empty)), ((cell, empty), (cell, empty))))
+
+
+def test_scoring_finds_a_small_seed_area_for_small_cells() -> None:
     truth = disc_labels(SHAPE, CENTRES, RADIUS)
     cell = (truth > 0).astype(np.float32)
-    maps = [Maps("a", truth, cell, np.zeros_like(cell))]
-    trials = sweep(maps, InferenceConfig(), TuneGrid(cell_thresholds=(0.3,), seed_thresholds=(0.8,), min_seed_areas=(16, 128)))
+    grid = TuneGrid(flips=(1,), fusions=("max",), cell_thresholds=(0.3,), seed_thresholds=(0.8,),
+                    min_seed_areas=(16, 128))
+    candidates = candidate_settings(InferenceConfig(), grid)
+    trials = rank(candidates, [Scored("a", score_views(_views(truth, cell), candidates, InferenceConfig()))])
     assert [t.settings["min_seed_area"] for t in trials] == [16, 128, 64]  # the config's own values come last
     assert trials[0].f1 == 1.0 and trials[1].f1 == 0.0 and trials[2].f1 == 0.0
     with pytest.raises(ValueError, match="no labelled images"):
-        sweep([], InferenceConfig())
+        rank(candidates, [])
 
 
-def test_collect_maps_skips_unreadable_and_mismatched_pairs(tmp_path: Path, weights: Path) -> None:
+def test_scoring_fuses_views_and_scales_as_predict_does() -> None:
+    truth = disc_labels(SHAPE, CENTRES, RADIUS)
+    cell = (truth > 0).astype(np.float32)
+    views = _views(truth, cell)
+    np.testing.assert_array_equal(views.fused(2, "max")[0], cell)
+    np.testing.assert_array_equal(views.fused(1, "mean")[0], cell / 2)  # the mean of the two scales
+    np.testing.assert_array_equal(views.per_scale[1][0][0], cell)  # fusing never writes into the views
+    settings = [{"flips": 1, "fusion": f, "cell_threshold": 0.1, "seed_threshold": s, "min_seed_area": 4}
+                for f, s in (("max", 0.9), ("mean", 0.9), ("mean", 0.4))]
+    assert score_views(views, settings, InferenceConfig()).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_image_views_match_predict(tmp_path: Path, weights: Path) -> None:
+    data = labelled_folder(tmp_path / "data", count=1)
+    path = data / "images" / "cell_00001.png"
+    runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
+    cfg = InferenceConfig(flips=4, fusion="mean")
+    views = Views("a", np.zeros(SHAPE), image_views(path, runner, cfg, flips=4))
+    assert len(views.per_scale) == 3 and all(len(v) == 4 for v in views.per_scale)
+    image = read_normalized(path, cfg.max_pixels, cfg)
+    for flips, fusion in ((4, "mean"), (2, "max"), (1, "max")):
+        expected = predict_maps(image, runner, cfg.scales, cfg.with_overrides(fusion=fusion), flips=flips)
+        np.testing.assert_array_equal(views.fused(flips, fusion)[0], expected[0])
+        np.testing.assert_array_equal(views.fused(flips, fusion)[1], expected[1])
+
+
+def test_collect_scores_skips_unreadable_and_mismatched_pairs(tmp_path: Path, weights: Path) -> None:
     data = labelled_folder(tmp_path / "data", count=3)
     (data / "images" / "cell_00002.png").write_bytes(b"not a png")
     tifffile.imwrite(data / "labels" / "cell_00003_label.tiff", np.zeros((10, 10), np.uint16))
@@ -78,17 +127,21 @@ def test_collect_maps_skips_unreadable_and_mismatched_pairs(tmp_path: Path, weig
     pairs = labelled_pairs(data / "images", data / "labels")
     assert [image.name for image, _ in pairs] == ["cell_00001.png", "cell_00002.png", "cell_00003.png"]
     errors: list[str] = []
-    maps = collect_maps(pairs, ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1), InferenceConfig(), errors.append)
-    assert [m.name for m in maps] == ["cell_00001"]
-    assert maps[0].cell.shape == SHAPE and maps[0].cell.dtype == np.float32
+    candidates = candidate_settings(InferenceConfig(), TuneGrid(flips=(1, 2), cell_thresholds=(0.2,),
+                                                                 seed_thresholds=(0.5,), min_seed_areas=(4,)))
+    scored = collect_scores(pairs, ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1), InferenceConfig(), candidates,
+                            errors.append)
+    assert [s.name for s in scored] == ["cell_00001"]
+    assert scored[0].f1.shape == (len(candidates),) and ((scored[0].f1 >= 0) & (scored[0].f1 <= 1)).all()
     assert len(errors) == 2 and errors[0].startswith("cell_00002.png: ") and "label shape (10, 10)" in errors[1]
 
 
 def test_manifest_postprocess_round_trip(weights: Path) -> None:
     assert postprocess_settings(weights) == {}
     assert postprocess_settings(weights.parent / "elsewhere" / "model.onnx") == {}
-    store_postprocess(weights, {"cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}, "3 images")
-    assert postprocess_settings(weights / "mt2.fp32.onnx") == {"cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}
+    tuned = {"flips": 4, "fusion": "mean", "cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}
+    store_postprocess(weights, tuned, "3 images")
+    assert postprocess_settings(weights / "mt2.fp32.onnx") == tuned
     manifest = json.loads((weights / "manifest.json").read_text())
     assert manifest["note"] == "test weights" and manifest["postprocess"]["tuned_on"] == "3 images"
     assert verify_model(weights / "mt2.fp32.onnx") is not None  # file entries survive the rewrite
@@ -98,7 +151,15 @@ def test_manifest_postprocess_round_trip(weights: Path) -> None:
 
 @pytest.mark.parametrize(
     "table, message",
-    [([0.2], "must be a table"), ({"min_seed_area": "8"}, "must be a number"), ({"window": 256}, "unknown field")],
+    [
+        ([0.2], "must be a table"),
+        ({"min_seed_area": "8"}, "must be a number"),
+        ({"min_seed_area": 8.5}, "must be a whole number"),
+        ({"window": 256}, "unknown field"),
+        ({"fusion": 1}, "must be text"),
+        ({"fusion": "median"}, "fusion must be one of max, mean"),
+        ({"flips": 3}, "flips must be one of 1, 2, 4"),
+    ],
 )
 def test_damaged_postprocess_table_is_a_model_error(weights: Path, table, message: str) -> None:
     path = weights / "manifest.json"
