@@ -19,6 +19,12 @@ FLIP_AXES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (1,)), 4:
 FUSIONS: tuple[str, ...] = ("max", "mean")
 
 
+def check_choice(name: str, value: Any, allowed: Any) -> None:
+    """ValueError naming the setting unless `value` is one of `allowed` (True is not the number 1 here)."""
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
 def _opt(default: Any, help: str) -> Any:
     """A config field with its command-line help text (`python -m app predict --help` shows it)."""
     return field(default=default, metadata={"help": help})
@@ -56,10 +62,8 @@ class InferenceConfig:
     threads: int = _opt(0, "ONNX Runtime threads (0: its default)")
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        if isinstance(self.flips, bool) or self.flips not in FLIP_AXES:
-            raise ValueError(f"flips must be one of {', '.join(map(str, FLIP_AXES))}, got {self.flips!r}")
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_choice("flips", self.flips, FLIP_AXES)
 
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""

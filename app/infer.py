@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from app.config import FLIP_AXES, FUSIONS, InferenceConfig
+from app.config import FLIP_AXES, FUSIONS, InferenceConfig, check_choice
 from app.errors import ModelError
 from app.tiling import window_grid, window_starts
 
@@ -177,8 +177,7 @@ def scale_views(
     """
     window, stride = cfg.window, stride or cfg.stride
     _check_inputs(image_u8, scale, window, stride)
-    if flips not in FLIP_AXES:
-        raise ValueError(f"flips must be one of {', '.join(map(str, FLIP_AXES))}, got {flips!r}")
+    check_choice("flips", flips, FLIP_AXES)
     fixed = getattr(runner, "input_hw", None)
     if fixed is not None and tuple(fixed) != (window, window):
         raise ModelError(f"model takes fixed {fixed[0]}×{fixed[1]} inputs but the window is {window}×{window}")
@@ -201,8 +200,7 @@ def fuse(
 
     The inputs are never modified (the first pair is copied), so the same maps can be fused several ways.
     """
-    if how not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {how!r}")
+    check_choice("fusion", how, FUSIONS)
     cell = boundary = None
     count = 0
     for cell_i, boundary_i in maps:
