@@ -194,11 +194,17 @@ def scale_views(
 
 
 def fuse(
-    maps: Iterable[tuple[np.ndarray, np.ndarray]], how: str, timings: dict[str, float] | None = None
+    maps: Iterable[tuple[np.ndarray, np.ndarray]],
+    how: str,
+    timings: dict[str, float] | None = None,
+    *,
+    owned: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-wise maximum ("max") or mean ("mean") of (cell, boundary) map pairs, taken one pair at a time.
 
-    The inputs are never modified (the first pair is copied), so the same maps can be fused several ways.
+    The inputs are not modified (the first pair is copied), so the same maps can be fused several ways; with
+    `owned` the caller hands over freshly computed float32 maps and the first pair becomes the result in place,
+    saving a copy of each map on the prediction path.
     """
     check_choice("fusion", how, FUSIONS)
     cell = boundary = None
@@ -206,7 +212,8 @@ def fuse(
     for cell_i, boundary_i in maps:
         with _timed(timings, "fuse"):
             if cell is None or boundary is None:
-                cell, boundary = np.array(cell_i, np.float32), np.array(boundary_i, np.float32)
+                cell = np.asarray(cell_i, np.float32) if owned else np.array(cell_i, np.float32)
+                boundary = np.asarray(boundary_i, np.float32) if owned else np.array(boundary_i, np.float32)
             elif how == "max":
                 np.maximum(cell, cell_i, out=cell)
                 np.maximum(boundary, boundary_i, out=boundary)
@@ -215,7 +222,7 @@ def fuse(
                 boundary += boundary_i
         count += 1
     if cell is None or boundary is None:
-        raise ValueError("at least one scale is needed")
+        raise ValueError("at least one pair of maps is needed")
     if how == "mean" and count > 1:
         cell /= count
         boundary /= count
@@ -232,7 +239,7 @@ def predict_scale(
     flips: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell and boundary probability maps (float32 H×W, original size) at `scale`: the mean of `flips` views."""
-    return fuse(scale_views(image_u8, runner, scale, cfg, stride, timings, flips), "mean", timings)
+    return fuse(scale_views(image_u8, runner, scale, cfg, stride, timings, flips), "mean", timings, owned=True)
 
 
 def predict_maps(
@@ -249,4 +256,4 @@ def predict_maps(
         raise ValueError("at least one scale is needed")
     views = cfg.flips if flips is None else flips
     per_scale = (predict_scale(image_u8, runner, scale, cfg, stride, timings, views) for scale in scales)
-    return fuse(per_scale, cfg.fusion, timings)
+    return fuse(per_scale, cfg.fusion, timings, owned=True)

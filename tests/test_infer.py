@@ -151,6 +151,8 @@ def test_fuse_leaves_its_inputs_alone():
     np.testing.assert_array_equal(fuse(pairs, "mean")[0], np.full((4, 4), 2.0))
     np.testing.assert_array_equal(fuse(pairs, "max")[1], b)
     assert (a == 1).all() and (b == 3).all()
+    fresh = [(a.copy(), a.copy()), (b, b)]
+    assert fuse(fresh, "max", owned=True)[0] is fresh[0][0]  # handed-over maps are reused, not copied
     with pytest.raises(ValueError, match="fusion"):
         fuse(pairs, "median")
     with pytest.raises(ValueError, match="at least one"):
