@@ -17,6 +17,7 @@ from typing import Any
 # scores all three from one pass).
 FLIP_AXES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
 FUSIONS: tuple[str, ...] = ("max", "mean")
+SCALE_MODES: tuple[str, ...] = ("adaptive", "fixed")
 
 
 def check_choice(name: str, value: Any, allowed: Any) -> None:
@@ -38,8 +39,23 @@ class InferenceConfig:
     norm_high_percentile: float = _opt(99.0, "high percentile of each channel's non-zero pixels, mapped to 255")
     norm_sample_pixels: int = _opt(4_000_000, "percentiles of larger images come from a regular subsample of this size")
     scales: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "scales of non-fluorescence images")
-    fluorescence_scales: tuple[float, ...] = _opt((1.5,), "scales of fluorescence images (red channel all zero)")
-    fluorescence_max_side: int = _opt(5000, "the empty-red-channel rule applies only below this side length")
+    fluorescence_scales: tuple[float, ...] = _opt((1.5,), "scales of fluorescence images (fixed scale mode)")
+    fluorescence_max_side: int = _opt(5000, "fluorescence is only recognised below this side length")
+    fluorescence_grey_median: float = _opt(50.0, "a grey image whose normalised median is below this (0..255) is "
+                                           "fluorescence (dark background)")
+    scale_mode: str = _opt("adaptive", "adaptive: scales from each image's estimated object diameter (a quick "
+                           "first pass); fixed: MT2's per-modality scales")
+    diameter: float = _opt(0.0, "typical object diameter in pixels, if known: sets the scales and skips the "
+                           "estimate (0: estimate it)")
+    target_diameter: float = _opt(30.0, "diameter (px) at which the model sees objects in adaptive mode")
+    adaptive_spread: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "adaptive scales, as factors of target / diameter")
+    adaptive_scale_range: tuple[float, ...] = _opt((0.25, 4.0), "adaptive scales are clipped to [low, high]")
+    estimate_side: int = _opt(512, "side (px, as the model sees it) of the central crop of the diameter estimate")
+    estimate_passes: int = _opt(2, "diameter estimate passes at most (the second at the scale the first suggests)")
+    estimate_refine_ratio: float = _opt(1.5, "a further estimate pass runs only when its scale differs by more "
+                                        "than this factor")
+    estimate_min_objects: int = _opt(3, "fewer objects than this in the estimate crop fall back to fixed scales")
+    estimate_budget_share: float = _opt(0.25, "the estimate runs only when its cost fits this share of the budget")
     fusion: str = _opt("max", "how the scales' maps are combined: max (MT2's pixel-wise maximum) or mean")
     flips: int = _opt(1, "flipped views averaged at every scale: 1 (none, MT2), 2 (adds the left-right mirror) or 4 "
                       "(adds the up-down mirror and both); a short time budget drops them before anything else")
@@ -64,6 +80,13 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         check_choice("fusion", self.fusion, FUSIONS)
         check_choice("flips", self.flips, FLIP_AXES)
+        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
+        if self.diameter < 0 or self.target_diameter <= 0:
+            raise ValueError("diameter must be >= 0 and target_diameter > 0")
+        if len(self.adaptive_scale_range) != 2 or not 0 < self.adaptive_scale_range[0] <= self.adaptive_scale_range[1]:
+            raise ValueError("adaptive_scale_range needs two values 0 < low <= high")
+        if not self.adaptive_spread or min(self.adaptive_spread) <= 0:
+            raise ValueError("adaptive_spread needs positive factors")
 
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""

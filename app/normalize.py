@@ -1,4 +1,5 @@
-"""Channel handling, MT2's percentile normalisation to uint8 0..255, and the fluorescence test.
+"""Channel layout (one rule for every input), MT2's percentile normalisation to uint8 0..255, and the
+fluorescence test.
 
 Percentiles are taken over the NON-ZERO pixels of each channel. Microscopy images often carry large black
 regions (background, padding of stitched slides, an unused channel); counted in, they drag the 1st
@@ -20,21 +21,69 @@ from app.reader import read_image
 
 # Rows are rescaled in chunks of about this many pixels (16 MB of float32 each).
 CHUNK_PIXELS = 4_000_000
+# The channel rule compares channels on a regular subsample of at most this many pixels.
+SIGNAL_SAMPLE_PIXELS = 1_000_000
+# Channels whose largest difference is at most this fraction of their range hold the same picture.
+SAME_SIGNAL_TOLERANCE = 0.02
 UINT8_MAX = 255.0
 
 
+def _signal_sample(channel: np.ndarray) -> np.ndarray:
+    return sample(channel, SIGNAL_SAMPLE_PIXELS)
+
+
+def has_signal(channel: np.ndarray) -> bool:
+    """A channel carries signal unless it is constant (all zero, or one value everywhere)."""
+    values = _signal_sample(channel)
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    return values.size > 0 and float(values.max()) > float(values.min())
+
+
+def same_signal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two channels hold the same picture: equal up to SAME_SIGNAL_TOLERANCE of their range (lossy files)."""
+    x = _signal_sample(a).astype(np.float64)
+    y = _signal_sample(b).astype(np.float64)
+    span = max(float(np.nanmax(x) - np.nanmin(x)), float(np.nanmax(y) - np.nanmin(y)), 1e-12)
+    return float(np.nanmax(np.abs(x - y))) <= SAME_SIGNAL_TOLERANCE * span
+
+
 def to_rgb(img: np.ndarray) -> np.ndarray:
-    """H×W×C (C in 1..4) to H×W×3: gray repeated, alpha dropped, a 2-channel image gets an empty third."""
+    """H×W×C (C in 1..4) to the H×W×3 layout the model is trained on (training reads through this too).
+
+    The channel rule, in order:
+    1. an alpha channel (the 4th) is dropped;
+    2. a channel without signal (constant) is empty; channels holding the same picture count once;
+    3. one distinct signal (grey, or the signal in any one channel, or grey stored as RGB) becomes grey: the
+       signal in all three channels;
+    4. two distinct signals with the other channel empty (2-channel files, RGB with one empty channel) keep their
+       order and go to green and blue, red empty: cytoplasm + nuclei fluorescence as (first, second);
+    5. anything else (three signals: colour stains, brightfield RGB) stays as it is.
+    """
     if img.ndim == 2:
         img = img[..., np.newaxis]
     channels = img.shape[2] if img.ndim == 3 else 0
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"to_rgb expects H×W×C with C in 1..4, got shape {img.shape}")
+    if channels == 4:
+        img, channels = img[..., :3], 3
     if channels == 1:
         return np.repeat(img, 3, axis=2)
-    if channels == 2:
-        return np.concatenate([img, np.zeros_like(img[..., :1])], axis=2)
-    if channels in (3, 4):
-        return img[..., :3]
-    raise ValueError(f"to_rgb expects H×W×C with C in 1..4, got shape {img.shape}")
+    live = [c for c in range(channels) if has_signal(img[..., c])]
+    distinct: list[int] = []
+    for c in live:
+        if not any(same_signal(img[..., c], img[..., d]) for d in distinct):
+            distinct.append(c)
+    if len(distinct) == 0:
+        return np.repeat(img[..., :1], 3, axis=2)
+    if len(distinct) == 1:
+        return np.repeat(img[..., distinct[0] : distinct[0] + 1], 3, axis=2)
+    if len(distinct) == 2 and len(live) == 2:
+        out = np.zeros(img.shape[:2] + (3,), dtype=img.dtype)
+        out[..., 1] = img[..., live[0]]
+        out[..., 2] = img[..., live[1]]
+        return out
+    return np.ascontiguousarray(img[..., :3])
 
 
 def sample(channel: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -97,10 +146,21 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
 
 
 def is_fluorescence(rgb_u8: np.ndarray, cfg: InferenceConfig) -> bool:
-    """MT2's modality rule: the red channel is all zero and the image is smaller than a whole slide."""
+    """Fluorescence: bright objects on a dark background, recognised in the canonical layout (`to_rgb`).
+
+    Below `cfg.fluorescence_max_side`, either the red channel is empty and another holds signal (MT2's rule:
+    two-signal fluorescence goes to green and blue), or the image is grey and the median of its normalised
+    pixels is below `cfg.fluorescence_grey_median` (a dark background: phase contrast, DIC and brightfield
+    backgrounds are mid-grey or bright).
+    """
     if max(rgb_u8.shape[:2]) >= cfg.fluorescence_max_side:
         return False
-    return not rgb_u8[..., 0].any()
+    view = sample(rgb_u8[..., 0], SIGNAL_SAMPLE_PIXELS)
+    if not view.any():
+        return bool(rgb_u8[..., 1:].any())
+    channels = [sample(rgb_u8[..., c], SIGNAL_SAMPLE_PIXELS) for c in range(3)]
+    grey = np.array_equal(channels[0], channels[1]) and np.array_equal(channels[1], channels[2])
+    return grey and float(np.median(channels[0])) < cfg.fluorescence_grey_median
 
 
 def read_normalized(path: Path | str, max_pixels: int, cfg: InferenceConfig) -> np.ndarray:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from app.config import CHALLENGE, InferenceConfig
 from app.errors import InputError
 from app.normalize import is_fluorescence, normalize, to_rgb
+from app.diameter import choose_scales, size_estimate
 from app.plan import Planner, describe
 from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
@@ -36,11 +37,11 @@ from app.writer import output_name, write_labels, write_text
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
 # Stage columns the pipeline itself times, in data-path order; stages timed inside segment() follow them.
-OWN_STAGES = ("read", "normalise", "plan")
+OWN_STAGES = ("read", "normalise", "estimate", "plan")
 WRITE_STAGE = "write"
 REPORT_COLUMNS = (
     "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence",
-    "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
+    "diameter", "size_source", "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
 )
 
 
@@ -89,8 +90,13 @@ def process_image(
     row["fluorescence"] = fluorescence
 
     t0 = time.perf_counter()
-    plan = planner.plan(height, width, fluorescence)
-    timings["plan"] = time.perf_counter() - t0
+    allowed = cfg.scale_mode == "adaptive" and cfg.diameter <= 0 and planner.estimate_allowed(height, width)
+    size = size_estimate(image_u8, runner, cfg, allowed)
+    timings["estimate"] = size.seconds
+    scales = choose_scales(size, fluorescence, cfg) if size.diameter is not None else None
+    plan = planner.plan(height, width, fluorescence, scales, spent=size.seconds)
+    timings["plan"] = time.perf_counter() - t0 - size.seconds
+    row.update(diameter=round(size.diameter, 1) if size.diameter is not None else "", size_source=size.source)
     row.update(scales="/".join(f"{s:g}" for s in plan.scales), stride=plan.stride, flips=plan.flips,
                plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
@@ -135,12 +141,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def size_text(row: dict[str, Any]) -> str:
+    """"diameter 23.1 px (estimated)  " when the scales came from a diameter, else nothing."""
+    if row.get("diameter") in (None, ""):
+        return ""
+    return f"diameter {row['diameter']:g} px ({row['size_source']})  "
+
+
 def log_line(row: dict[str, Any]) -> str:
     """The one line printed per image."""
     if row["status"] != "ok":
         return f"FAILED {row['message']}"
     return (
-        f"{row['image']}  {row['height']}x{row['width']}  {row['scales_desc']}  {row['cells']} cells  "
+        f"{row['image']}  {row['height']}x{row['width']}  {size_text(row)}{row['scales_desc']}  {row['cells']} cells  "
         f"{row['seconds']:.2f} s (+{row['startup_s']:.2f} s start-up)  tolerance {row['tolerance_s']:.1f} s  "
         f"penalised {row['penalised_s']:.2f} s  -> {row['output']}"
     )

@@ -81,9 +81,9 @@ def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ..
     return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
 
 
-def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str) -> Plan:
-    """MT2's published scales for the modality at the configured stride and flipped views."""
-    return Plan(modality_scales(fluorescence, cfg), cfg.stride, reason, cfg.flips)
+def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str, scales: tuple[float, ...] | None = None) -> Plan:
+    """The full scales (`scales`, else MT2's for the modality) at the configured stride and flipped views."""
+    return Plan(scales or modality_scales(fluorescence, cfg), cfg.stride, reason, cfg.flips)
 
 
 def scaled_size(length: int, scale: float) -> int:
@@ -142,12 +142,18 @@ def estimate_seconds(
 
 
 def candidate_plans(
-    fluorescence: bool, cfg: InferenceConfig, ladder: PlanLadder = LADDER
+    fluorescence: bool, cfg: InferenceConfig, ladder: PlanLadder = LADDER, scales: tuple[float, ...] | None = None
 ) -> list[tuple[tuple[float, ...], int, int, str]]:
     """(scales, stride, flips, label) in accuracy order; the last one is the cheapest and always used as last
-    resort. Flipped views are dropped first: they cost a full pass each for a smaller gain than a scale."""
-    full = modality_scales(fluorescence, cfg)
-    single = min(full, key=lambda s: abs(s - 1.0)) if not fluorescence else max(full)
+    resort. Flipped views are dropped first: they cost a full pass each for a smaller gain than a scale.
+
+    `scales` (adaptive ones) replace MT2's per-modality scales; their middle one is the single-scale fallback."""
+    if scales:
+        full = tuple(scales)
+        single = full[len(full) // 2]
+    else:
+        full = modality_scales(fluorescence, cfg)
+        single = min(full, key=lambda s: abs(s - 1.0)) if not fluorescence else max(full)
     strides = sorted(
         {
             max(ladder.stride_multiple, int(cfg.window * f) // ladder.stride_multiple * ladder.stride_multiple)
@@ -158,9 +164,10 @@ def candidate_plans(
     strides = [s for s in strides if cfg.stride < s <= cfg.window]
     widest = strides[-1] if strides else cfg.stride
     views = sorted((f for f in FLIP_AXES if 1 < f <= cfg.flips), reverse=True)
+    name = "adaptive plan" if scales else "MT2 plan"
     out: list[tuple[tuple[float, ...], int, int, str]] = [
-        *((full, cfg.stride, f, "MT2 plan, flipped views") for f in views),
-        (full, cfg.stride, 1, "MT2 plan"),
+        *((full, cfg.stride, f, f"{name}, flipped views") for f in views),
+        (full, cfg.stride, 1, name),
     ]
     if len(full) > 1:
         out.append(((single,), cfg.stride, 1, "one scale"))
@@ -182,6 +189,7 @@ def choose_plan(
     costs: Costs,
     budget_seconds: float,
     ladder: PlanLadder = LADDER,
+    scales: tuple[float, ...] | None = None,
 ) -> Plan:
     """The most accurate plan whose estimate fits `budget_seconds * cfg.budget_safety`.
 
@@ -191,7 +199,7 @@ def choose_plan(
     """
     limit = budget_seconds * cfg.budget_safety
     shapes = crop_shapes(h, w, cfg)
-    candidates = candidate_plans(fluorescence, cfg, ladder)
+    candidates = candidate_plans(fluorescence, cfg, ladder, scales)
     estimates = [
         estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f) for sc, st, f, _ in candidates
     ]
@@ -314,13 +322,28 @@ class Planner:
             return tolerance(height, width) - self.startup_seconds - self.measure_seconds
         return float(self.budget)
 
-    def plan(self, height: int, width: int, fluorescence: bool) -> Plan:
-        """The plan for one image, logged with its reason."""
+    def estimate_allowed(self, height: int, width: int) -> bool:
+        """Whether the diameter estimate's passes (one window each) fit `cfg.estimate_budget_share` of the
+        image's budget; always with no budget."""
         budget = self.budget_seconds(height, width)
         if budget is None:
-            what = describe(modality_scales(fluorescence, self.cfg), self.cfg.stride, self.cfg.flips)
-            chosen = full_plan(fluorescence, self.cfg, f"budget none: MT2 plan, {what}")
+            return True
+        cost = max(1, self.cfg.estimate_passes) * (self.costs.window_seconds + self.costs.post_seconds_per_mp * 0.3)
+        return cost <= self.cfg.estimate_budget_share * budget
+
+    def plan(
+        self, height: int, width: int, fluorescence: bool, scales: tuple[float, ...] | None = None,
+        spent: float = 0.0,
+    ) -> Plan:
+        """The plan for one image, logged with its reason. `scales` replace MT2's (adaptive mode); `spent` is
+        what this image already used of its budget (the diameter estimate)."""
+        budget = self.budget_seconds(height, width)
+        if budget is None:
+            what = describe(scales or modality_scales(fluorescence, self.cfg), self.cfg.stride, self.cfg.flips)
+            name = "adaptive plan" if scales else "MT2 plan"
+            chosen = full_plan(fluorescence, self.cfg, f"budget none: {name}, {what}", scales)
         else:
-            chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget, self.ladder)
+            chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget - spent, self.ladder,
+                                 scales)
         log.info("plan for %d x %d: %s", height, width, chosen.reason)
         return chosen

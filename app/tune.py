@@ -23,7 +23,7 @@ from app.errors import InputError
 from app.infer import fuse, scale_views
 from app.metric import image_scores, read_labels
 from app.normalize import is_fluorescence, read_normalized
-from app.plan import modality_scales
+from app.diameter import choose_scales, size_estimate
 from app.postprocess import instance_map
 from app.reader import list_inputs
 from app.writer import output_name
@@ -66,9 +66,10 @@ def labelled_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
 
 
 def image_views(image_path: Path, runner, cfg: InferenceConfig, flips: int):  # type: ignore[no-untyped-def]
-    """Maps of one image as `predict` computes them at MT2's scales, per scale and per flipped view."""
+    """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
+    says), per scale and per flipped view."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
-    scales = modality_scales(is_fluorescence(rgb_u8, cfg), cfg)
+    scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
     return tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
 
 

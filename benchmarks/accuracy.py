@@ -14,6 +14,13 @@ Methods (columns of the table):
   (``--tune-images``, seed ``--tune-seed``), as the shipped weights' were, and it runs through the app like the
   shipped model.
 
+With ``--folders DIR [DIR ...]`` the benchmark scores labelled folders instead of a generated set: each DIR in
+the challenge layout (``images/`` + ``labels/``; real microscopy, say the validation part written by
+``python -m training split``), one row per folder and the overall mean over all their images, for the methods
+``model`` and ``baseline``:
+
+    python3 benchmarks/accuracy.py --methods model,baseline --folders data/real/val/*
+
 The held-out set is generated with its own seed (``--seed``, never the training seed), so no method has seen
 its images. Scores are the challenge's: F1 per image (IoU >= 0.5, Hungarian matching, border cells removed),
 averaged over the images of each modality and over all images.
@@ -25,6 +32,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -62,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", default="none", help="the app's --budget (default none: MT2's full plan)")
     p.add_argument("--work", type=Path, default=None, help="folder for data, runs and predictions (default: temp)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
+    p.add_argument("--folders", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="score these labelled folders (images/ + labels/) instead of a generated set")
+    p.add_argument("--app-args", default="", metavar="'OPTIONS'",
+                   help="extra options for app predict, e.g. '--scale-mode fixed' or '--target-diameter 20'")
     g = p.add_argument_group("Mean Teacher vs supervised-only (methods mt, supervised)")
     g.add_argument("--preset", default="cpu", help="training preset (default cpu)")
     g.add_argument("--train-images", type=int, default=120, help="labelled training images generated (default 120)")
@@ -85,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--seed (held-out set) must differ from --train-seed")
     if args.seed == args.tune_seed:
         p.error("--seed (held-out set) must differ from --tune-seed")
+    if args.folders:
+        if {"mt", "supervised"} & set(args.methods):
+            p.error("--folders scores the methods model and baseline only")
+        for folder in args.folders:
+            if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
+                p.error(f"--folders {folder}: needs images/ and labels/")
     if "model" in args.methods and not args.model.exists():
         p.error(f"--model {args.model} not found (train and export the shipped weights, or leave out 'model')")
     return args
@@ -102,7 +120,8 @@ def make_heldout(folder: Path, images: int, seed: int, size: tuple[int, int]) ->
     return {r["name"]: r["modality"] for r in rows}
 
 
-def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget: str) -> None:
+def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget: str,
+                     extra: tuple[str, ...] = ()) -> None:
     """Run the app's own command line on a folder, as a user would.
 
     The budget defaults to "none" (MT2's full multi-scale plan) so that accuracy does not depend on how busy
@@ -112,6 +131,7 @@ def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget:
                "--model", str(model), "--budget", budget]
     if threads:
         command += ["--threads", str(threads)]
+    command += list(extra)
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode == 2:
         raise RuntimeError(f"app predict could not start: {done.stderr.strip() or done.stdout.strip()}")
@@ -175,13 +195,17 @@ def score(gt: Path, pred: Path, modality_of: dict[str, str]) -> dict[str, float]
     return {key: sum(v) / len(v) for key, v in per.items()}
 
 
-def table(results: dict[str, dict[str, float]], counts: dict[str, int], fraction: float) -> list[str]:
-    """Markdown table: one row per modality plus overall, one column per method (`fraction`: labels kept)."""
+def table(
+    results: dict[str, dict[str, float]], counts: dict[str, int], fraction: float,
+    rows: list[str] | None = None, first: str = "modality",
+) -> list[str]:
+    """Markdown table: one row per modality (or per entry of `rows`) plus overall, one column per method
+    (`fraction`: labels kept)."""
     methods = list(results)
-    head = "| modality | images | " + " | ".join(TITLES[m].format(fraction=fraction) for m in methods) + " |"
+    head = f"| {first} | images | " + " | ".join(TITLES[m].format(fraction=fraction) for m in methods) + " |"
     rule = "|---|---:|" + "---:|" * len(methods)
     lines = [head, rule]
-    for key in [*MODALITY_NAMES, "all"]:
+    for key in [*(rows if rows is not None else MODALITY_NAMES), "all"]:
         if not counts.get(key):
             continue
         cells = []
@@ -199,12 +223,77 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def folder_name(folder: Path, taken: set[str]) -> str:
+    """A row name for a scored folder: its own name, with its parent's in front when that name is taken."""
+    name = folder.resolve().name
+    if name in taken:
+        name = f"{folder.resolve().parent.name}/{name}"
+    taken.add(name)
+    return name
+
+
+def run_folders(args: argparse.Namespace, work: Path) -> list[str]:
+    """Score the model and/or the baseline on each labelled folder; one row per folder plus overall."""
+    per_method: dict[str, dict[str, list[float]]] = {m: defaultdict(list) for m in args.methods}
+    names: list[str] = []
+    counts: dict[str, int] = defaultdict(int)
+    taken: set[str] = set()
+    started = time.perf_counter()
+    for index, folder in enumerate(args.folders):
+        name = folder_name(folder, taken)
+        names.append(name)
+        for method in args.methods:
+            pred = work / f"pred_{method}" / str(index)
+            t0 = time.perf_counter()
+            if method == "model":
+                predict_with_app(folder / "images", pred, args.model, args.threads, args.budget,
+                                 tuple(shlex.split(args.app_args)))
+            else:
+                predict_baseline(folder / "images", pred)
+            pred.mkdir(parents=True, exist_ok=True)
+            scores = [s.f1 for _, s in evaluate_folders(folder / "labels", pred)]
+            per_method[method][name] = scores
+            per_method[method]["all"].extend(scores)
+            counts[name] = len(scores)
+            log(f"{name} {method}: F1 {sum(scores) / max(1, len(scores)):.3f} over {len(scores)} images "
+                f"({time.perf_counter() - t0:.0f} s)")
+    counts["all"] = sum(counts[n] for n in names)
+    results = {m: {k: sum(v) / len(v) for k, v in rows.items() if v} for m, rows in per_method.items()}
+    lines = table(results, counts, 0.0, rows=names, first="folder")
+    means = ", ".join(
+        f"{TITLES[m]} {sum(results[m][n] for n in names if n in results[m]) / len(names):.3f}" for m in results)
+    lines += [
+        "",
+        f"Overall is the mean over all {counts['all']} images; the mean of the folder rows: {means}.",
+        f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
+    ]
+    if "model" in results:
+        lines.append(model_settings(args.model))
+    lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
+    return lines
+
+
+def model_settings(model: Path) -> str:
+    """One line naming the settings the app ran the model with."""
+    from app.manifest import postprocess_settings
+
+    tuned = postprocess_settings(model)
+    return "Shipped model settings: " + (
+        ", ".join(f"{k} {v}" for k, v in tuned.items()) + " (from its manifest)" if tuned else "MT2's defaults.")
+
+
 def run(args: argparse.Namespace) -> list[str]:
     import tempfile
 
     work_ctx = tempfile.TemporaryDirectory(prefix="accuracy-") if args.work is None else None
     work = Path(work_ctx.name) if work_ctx else args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.folders:
+        try:
+            return run_folders(args, work)
+        finally:
+            if work_ctx:
+                work_ctx.cleanup()
     started = time.perf_counter()
     try:
         heldout = work / "heldout"
@@ -222,7 +311,7 @@ def run(args: argparse.Namespace) -> list[str]:
             pred = work / f"pred_{method}"
             if method == "model":
                 log(f"shipped model {args.model}: app predict")
-                predict_with_app(images, pred, args.model, args.threads, args.budget)
+                predict_with_app(images, pred, args.model, args.threads, args.budget, tuple(shlex.split(args.app_args)))
             elif method == "baseline":
                 log("classical baseline")
                 predict_baseline(images, pred)
@@ -261,11 +350,7 @@ def run(args: argparse.Namespace) -> list[str]:
         f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
     ]
     if "model" in results:
-        from app.manifest import postprocess_settings
-
-        tuned = postprocess_settings(args.model)
-        lines.append("Shipped model settings: " + (
-            ", ".join(f"{k} {v}" for k, v in tuned.items()) + " (from its manifest)" if tuned else "MT2's defaults."))
+        lines.append(model_settings(args.model))
     if {"mt", "supervised"} & set(results):
         lines.append(
             f"Training comparison: preset `{args.preset}`, {args.train_images} labelled images (seed "

@@ -13,8 +13,11 @@ from training.augment import (
     extract_region,
     jitter,
     labelled_view,
+    move_channels,
     orient,
+    photometric,
     sample_geometry,
+    single_signal,
     unlabelled_views,
     view,
 )
@@ -140,3 +143,74 @@ def test_cutmix_pastes_the_same_box_into_images_and_targets():
     assert torch.all(mixed_images[0, :, 0:8, 4:12] == 2) and torch.all(mixed_images[0, :, 8:, :] == 0)
     assert torch.equal(mixed_images[1], images[1])
     assert torch.equal(mixed_images[:, 0].long(), mixed_targets)
+
+
+REAL = dict(gamma=0.5, blur_p=1.0, noise_p=1.0, quantize_p=1.0, channel_p=1.0)
+
+
+def single_channel_pair(h: int = 48, w: int = 56, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fluorescence-like image (signal in green only) whose brightness encodes the class map."""
+    image, targets = coded_pair(h, w, seed)
+    single = np.zeros_like(image)
+    single[..., 1] = image[..., 0] + 40 * (image[..., 0] > 0)
+    return single, targets
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_labels_follow_every_geometric_transform_under_the_real_data_augmentation(seed):
+    """With scale, flips, rotations and all photometric changes on, targets are the views of the same geometry
+    as the image: the targets equal those of the image's own noiseless view."""
+    image, targets = coded_pair(seed=seed)
+    on = AugmentConfig(crop=32, scale_min=0.5, scale_max=2.0, **REAL)
+    plain = AugmentConfig(crop=32, scale_min=0.5, scale_max=2.0, brightness=0.0, contrast=0.0)
+    img, cls, cell, boundary = labelled_view(image, targets, np.random.default_rng(seed), on)
+    geom = sample_geometry(np.random.default_rng(seed), image.shape[:2], plain)
+    expected = view(targets[..., :1], geom, 32, nearest=True)[0].round().long()
+    assert torch.equal(cls, expected)
+    assert torch.equal(cell[0], view(targets[..., 1:2], geom, 32)[0].clamp(0, 1))
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_channel_moves_keep_labels_and_the_signal(seed):
+    image, targets = single_channel_pair(seed=seed)
+    moved_cfg = AugmentConfig(crop=32, scale_min=1.0, scale_max=1.0, brightness=0.0, contrast=0.0, channel_p=1.0)
+    plain_cfg = AugmentConfig(crop=32, scale_min=1.0, scale_max=1.0, brightness=0.0, contrast=0.0)
+    moved = labelled_view(image, targets, np.random.default_rng(seed), moved_cfg)
+    plain = labelled_view(image, targets, np.random.default_rng(seed), plain_cfg)
+    for a, b in zip(moved[1:], plain[1:]):
+        assert torch.equal(a, b)  # labels untouched by the channel move
+    signal = plain[0][1]
+    carriers = [c for c in range(3) if bool(moved[0][c].any())]
+    assert carriers or not bool(signal.any())
+    for c in carriers:
+        assert torch.allclose(moved[0][c], signal, atol=1e-6)
+    for c in set(range(3)) - set(carriers):
+        assert not bool(moved[0][c].any())
+
+
+def test_channel_moves_reach_every_placement_and_leave_colour_images_alone():
+    grey = torch.rand(1, 16, 16).repeat(3, 1, 1)
+    seen = {tuple(bool(c.any()) for c in move_channels(grey, np.random.default_rng(s), 1.0)) for s in range(60)}
+    assert len(seen) == 7  # every non-empty subset of R, G, B
+    colour = torch.rand(3, 16, 16)
+    assert not single_signal(colour)
+    assert torch.equal(move_channels(colour, np.random.default_rng(0), 1.0), colour)
+
+
+def test_photometric_changes_are_off_by_default_and_stay_in_range():
+    img = torch.rand(3, 32, 32)
+    assert torch.equal(photometric(img, np.random.default_rng(0), AugmentConfig()), img)
+    out = photometric(img, np.random.default_rng(1), AugmentConfig(**REAL))
+    assert out.shape == img.shape and not torch.equal(out, img)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    grey = torch.rand(1, 32, 32).repeat(3, 1, 1)
+    noisy = photometric(grey, np.random.default_rng(2), AugmentConfig(noise_p=1.0, blur_p=1.0, gamma=0.5))
+    assert torch.equal(noisy[0], noisy[1]) and torch.equal(noisy[1], noisy[2])  # grey stays grey: no hue
+
+
+def test_quantisation_leaves_few_levels():
+    img = torch.linspace(0, 1, 32 * 32).reshape(1, 32, 32).repeat(3, 1, 1)
+    cfg = AugmentConfig(quantize_p=1.0, quantize_levels=4)
+    counts = [len(torch.unique(photometric(img, np.random.default_rng(s), cfg))) for s in range(20)]
+    assert min(counts) <= 64 and max(counts) <= 256

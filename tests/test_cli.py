@@ -73,10 +73,11 @@ def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) 
     (inputs / "cell_00002.tif").unlink()
     out = tmp_path / "out"
     args = ["predict", "--input", str(inputs), "--output", str(out), "--model", str(model), *FAST]
-    result = CliRunner().invoke(cli, [*args, "--scales", "1,1.25", "--report", str(out / "r.csv")])
+    fixed = ["--scale-mode", "fixed", "--fluorescence-grey-median", "0"]  # MT2's scales for these grey discs
+    result = CliRunner().invoke(cli, [*args, *fixed, "--scales", "1,1.25", "--report", str(out / "r.csv")])
     assert result.exit_code == 0, result.output
     assert ",1/1.25,256,1," in (out / "r.csv").read_text()
-    result = CliRunner().invoke(cli, [*args, "--flips", "2", "--fusion", "mean", "--report", str(out / "r.csv")])
+    result = CliRunner().invoke(cli, [*args, *fixed, "--flips", "2", "--fusion", "mean", "--report", str(out / "r.csv")])
     assert result.exit_code == 0, result.output
     assert ",0.8/1/1.2,256,2," in (out / "r.csv").read_text() and "x2 views" in result.output
     result = CliRunner().invoke(cli, [*args, "--min-seed-area", "100000"])

@@ -14,16 +14,52 @@ CFG = InferenceConfig()
 def test_to_rgb_layouts() -> None:
     gray = np.arange(6, dtype=np.uint16).reshape(2, 3, 1)
     np.testing.assert_array_equal(to_rgb(gray), np.repeat(gray, 3, axis=2))
-    two = np.stack([np.full((2, 3), 5), np.full((2, 3), 7)], axis=2).astype(np.uint8)
-    out = to_rgb(two)
-    assert out.shape == (2, 3, 3)
-    np.testing.assert_array_equal(out[..., :2], two)
-    assert not out[..., 2].any()
-    rgba = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    np.testing.assert_array_equal(to_rgb(rgba), rgba[..., :3])
     np.testing.assert_array_equal(to_rgb(gray[..., 0]), np.repeat(gray, 3, axis=2))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 200, (2, 8, 9)).astype(np.uint8)
+    two = np.stack([a, b], axis=2)  # two signals: kept in order, in green and blue
+    np.testing.assert_array_equal(to_rgb(two), np.stack([np.zeros_like(a), a, b], axis=2))
+    rgb = np.stack([a, b, (a // 2 + b // 2)], axis=2)  # three signals: colour, unchanged
+    np.testing.assert_array_equal(to_rgb(rgb), rgb)
+    rgba = np.concatenate([rgb, np.full_like(a, 255)[..., None]], axis=2)
+    np.testing.assert_array_equal(to_rgb(rgba), rgb)
+    empty_red = np.stack([np.zeros_like(a), a, b], axis=2)
+    np.testing.assert_array_equal(to_rgb(empty_red), empty_red)
+    empty_blue = np.stack([a, b, np.zeros_like(a)], axis=2)
+    np.testing.assert_array_equal(to_rgb(empty_blue), empty_red)
     with pytest.raises(ValueError):
         to_rgb(np.zeros((2, 3, 5)))
+
+
+def _one_signal_layouts(signal: np.ndarray) -> dict[str, np.ndarray]:
+    """The same single-signal image as grey, RGB with the signal in each channel, grey-as-RGB(A), 2-channel."""
+    zero = np.zeros_like(signal)
+    out = {"grey": signal, "grey_hw1": signal[..., None], "rgb_grey": np.stack([signal] * 3, axis=2),
+           "rgba_grey": np.stack([signal] * 3 + [np.full_like(signal, 255)], axis=2),
+           "two_first": np.stack([signal, zero], axis=2), "two_second": np.stack([zero, signal], axis=2)}
+    for c, name in enumerate("rgb"):
+        channels = [zero, zero, zero]
+        channels[c] = signal
+        out[f"only_{name}"] = np.stack(channels, axis=2)
+    out["two_of_three"] = np.stack([zero, signal, signal], axis=2)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_one_signal_gives_one_canonical_image_whatever_its_layout(dtype) -> None:
+    rng = np.random.default_rng(3)
+    signal = (rng.random((24, 30)) * (200 if dtype == np.uint8 else 4000)).astype(dtype)
+    expected = np.stack([signal] * 3, axis=2)
+    for name, layout in _one_signal_layouts(signal).items():
+        np.testing.assert_array_equal(to_rgb(layout), expected, err_msg=name)
+        np.testing.assert_array_equal(normalize(to_rgb(layout), CFG), normalize(expected, CFG), err_msg=name)
+
+
+def test_lossy_copies_of_one_signal_count_once() -> None:
+    rng = np.random.default_rng(4)
+    signal = rng.integers(20, 220, (32, 32)).astype(np.int16)
+    jpeg_like = np.stack([signal, signal + rng.integers(-2, 3, signal.shape), signal], axis=2).astype(np.uint8)
+    assert np.array_equal(to_rgb(jpeg_like)[..., 0], to_rgb(jpeg_like)[..., 2])  # grey: one channel repeated
 
 
 def test_percentiles_ignore_zero_background() -> None:
@@ -119,9 +155,32 @@ def test_chunked_rescaling_equals_one_pass() -> None:
 def test_fluorescence_rule() -> None:
     img = np.zeros((100, 100, 3), np.uint8)
     img[..., 2] = 200
-    assert is_fluorescence(img, CFG)
+    assert is_fluorescence(img, CFG)  # empty red, signal elsewhere
     img[0, 0, 0] = 1
     assert not is_fluorescence(img, CFG)
+    assert not is_fluorescence(np.zeros((100, 100, 3), np.uint8), CFG)  # nothing at all
     wide = np.zeros((10, CFG.fluorescence_max_side, 3), np.uint8)
+    wide[..., 1] = 90
     assert not is_fluorescence(wide, CFG)
     assert is_fluorescence(wide[:, :-1], CFG)
+
+
+def _discs(background: int, foreground: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((128, 128), float(background))
+    yy, xx = np.mgrid[:128, :128]
+    for cy, cx in rng.integers(10, 118, (12, 2)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 36] = foreground
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_grey_fluorescence_is_a_dark_background_with_bright_objects() -> None:
+    dark = normalize(to_rgb(_discs(10, 200)), CFG)  # nuclei on black
+    assert is_fluorescence(dark, CFG)
+    phase = np.minimum(_discs(120, 230), _discs(255, 40))  # bright halos and dark cells on a mid-grey field
+    assert not is_fluorescence(normalize(to_rgb(phase), CFG), CFG)
+    bright = normalize(to_rgb(_discs(220, 90)), CFG)  # dark cells on a bright brightfield background
+    assert not is_fluorescence(bright, CFG)
+    colour = np.stack([_discs(220, 120, 1), _discs(200, 60, 1), _discs(230, 150, 1)], axis=2)
+    assert not is_fluorescence(normalize(to_rgb(colour), CFG), CFG)

@@ -75,8 +75,18 @@ def test_good_images_of_every_layout_are_segmented(tmp_path: Path, model: Path) 
         assert labels[CENTRES[0]] != 0 and labels[0, 0] == 0
     assert not tifffile.imread(out / "empty_label.tiff").any()
     rows = _report(out)
-    assert rows["fluo.bmp"]["fluorescence"] == "True" and rows["fluo.bmp"]["scales"] == "1.5"
-    assert rows["gray8.png"]["fluorescence"] == "False" and rows["gray8.png"]["scales"] == "0.8/1/1.2"
+    # One canonical layout (app.normalize.to_rgb): the same discs in grey, RGB, channel-first and in the blue
+    # channel alone are one image to the model, recognised as fluorescence (bright on dark), sized alike.
+    reference = tifffile.imread(out / "gray8_label.tiff")
+    for name in ["chw", "fluo", "rgb16"]:
+        np.testing.assert_array_equal(tifffile.imread(out / f"{name}_label.tiff"), reference, err_msg=name)
+    for image in ["chw.tiff", "fluo.bmp", "gray8.png", "rgb16.tif"]:
+        assert rows[image]["fluorescence"] == "True" and rows[image]["size_source"] == "estimated", image
+        assert float(rows[image]["diameter"]) == pytest.approx(2 * RADIUS, rel=0.15), image
+        assert rows[image]["scales"] == rows["gray8.png"]["scales"]
+    fixed_code, _, fixed_out = _run(tmp_path, model, CFG.with_overrides(scale_mode="fixed"))
+    assert fixed_code == 0
+    assert _report(fixed_out)["fluo.bmp"]["scales"] == "1.5" and _report(fixed_out)["fluo.bmp"]["size_source"] == "fixed"
     for row in rows.values():
         assert row["status"] == "ok" and float(row["seconds"]) > 0
         assert float(row["tolerance_s"]) == 10.0

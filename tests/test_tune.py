@@ -105,16 +105,24 @@ def test_scoring_fuses_views_and_scales_as_predict_does() -> None:
     assert score_views(views, settings, InferenceConfig()).tolist() == [1.0, 0.0, 1.0]
 
 
-def test_image_views_match_predict(tmp_path: Path, weights: Path) -> None:
+@pytest.mark.parametrize("mode, scales", [("fixed", (1.5,)), ("fixed-grey", (0.8, 1.0, 1.2)), ("adaptive", None)])
+def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, scales) -> None:
+    from app.diameter import choose_scales, size_estimate
+    from app.normalize import is_fluorescence
+
     data = labelled_folder(tmp_path / "data", count=1)
     path = data / "images" / "cell_00001.png"
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
-    cfg = InferenceConfig(flips=4, fusion="mean")
+    cfg = InferenceConfig(flips=4, fusion="mean", scale_mode=mode.split("-")[0], min_seed_area=4,
+                          fluorescence_grey_median=0.0 if mode == "fixed-grey" else 50.0)
     views = Views("a", np.zeros(SHAPE), image_views(path, runner, cfg, flips=4))
-    assert len(views.per_scale) == 3 and all(len(v) == 4 for v in views.per_scale)
     image = read_normalized(path, cfg.max_pixels, cfg)
+    if scales is None:  # the discs' own size decides: 2 * RADIUS against the target diameter
+        scales = choose_scales(size_estimate(image, runner, cfg), is_fluorescence(image, cfg), cfg)
+        assert scales[1] == pytest.approx(cfg.target_diameter / (2 * RADIUS), rel=0.15)
+    assert len(views.per_scale) == len(scales) and all(len(v) == 4 for v in views.per_scale)
     for flips, fusion in ((4, "mean"), (2, "max"), (1, "max")):
-        expected = predict_maps(image, runner, cfg.scales, cfg.with_overrides(fusion=fusion), flips=flips)
+        expected = predict_maps(image, runner, scales, cfg.with_overrides(fusion=fusion), flips=flips)
         np.testing.assert_array_equal(views.fused(flips, fusion)[0], expected[0])
         np.testing.assert_array_equal(views.fused(flips, fusion)[1], expected[1])
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train | export | synth``."""
+"""Command line: ``python -m training train | export | split | synth``."""
 
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
 
 @cli.command("train")
 @click.option("--config", "config", default=None, help="Preset name (cpu, ship, paper) or a TOML file.")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Challenge layout: images/, labels/, unlabeled/.")
+@click.option("--data", "data_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Challenge layout: images/, labels/, unlabeled/. Repeat for several sources (added to the "
+                   "config's data.sources; their sampling weights: --set data.weights=[...] in that order).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run folder for checkpoints, log.csv and the cache.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -63,7 +64,7 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
 @click.option("--epochs", type=int, default=None, help="Override schedule.epochs.")
 @click.option("--max-steps", type=int, default=None, help="Override schedule.max_steps.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config field.")
-def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides) -> None:
+def train_command(config, data_dirs, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides) -> None:
     """Train MT2 (supervised warm-up, then Mean Teacher); prints the best checkpoint's path."""
     from training.config import ConfigError, TrainConfig, load_config, parse_override, with_overrides
     from training.trainer import LAST, load_checkpoint, train
@@ -87,11 +88,40 @@ def train_command(config, data_dir, out_dir, resume_dir, encoder_weights, init_o
             cfg = with_overrides(TrainConfig.from_dict(load_checkpoint(resume_dir / LAST)["config"]), changes)
         else:
             raise click.UsageError("give --config PRESET_OR_FILE")
-        best = train(cfg, data_dir, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights,
+        new_dirs = [str(d) for d in data_dirs if str(d) not in cfg.data.sources]
+        if new_dirs:
+            cfg = with_overrides(cfg, {"data.sources": [*cfg.data.sources, *new_dirs]})
+        best = train(cfg, None, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights,
                      init_onnx=init_onnx)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(str(best))
+
+
+@cli.command("split")
+@click.option("--data", "sources", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Labelled folder (images/ + labels/); repeat for several sources.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for OUT/train|tune|val/<source>/ (links to the files) and OUT/groups.csv.")
+@click.option("--val", type=click.FloatRange(0, 0.9), default=0.15, show_default=True,
+              help="Fraction of each source's images for validation.")
+@click.option("--tune", type=click.FloatRange(0, 0.9), default=0.10, show_default=True,
+              help="Fraction for tuning the app's settings (not validation, not training).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the group assignment.")
+def split_command(sources, out, val, tune, seed) -> None:
+    """Group neighbouring crops and near-duplicates, then split whole groups into train / tune / val."""
+    from collections import Counter
+
+    from training.split import write_split
+
+    rows = write_split(list(sources), out, val, tune, seed)
+    for source in sources:
+        mine = [r for r in rows if r["source"] == source.name]
+        parts = Counter(r["part"] for r in mine)
+        groups = len({r["group"] for r in mine if r["group"]})
+        click.echo(f"{source.name}: {groups} groups; " + ", ".join(f"{k} {v}" for k, v in sorted(parts.items())))
+    click.echo(f"wrote {out}")
 
 
 from training.synth.cli import synth  # noqa: E402  (kept beside the other commands)

@@ -2,18 +2,22 @@
 
 A view is cut from a source region of side crop/scale (zero-padded where the image is smaller), resized to
 crop × crop, flipped and rotated; labelled crops then get brightness/contrast jitter (never hue or
-saturation: stain colour is a cue). An unlabelled image gives two views of the same pixels: weak (geometry
-only) for the teacher and strong (weak + jitter) for the student. CutMix works on a batch: a box from another
+saturation: stain colour is a cue), then, where the config switches them on, the variation real acquisitions
+have: the signal of a single-signal image moved to any channels, gamma, blur, noise and re-quantisation. An
+unlabelled image gives two views of the same pixels: weak (geometry only) for the teacher and strong (weak +
+the same photometric changes) for the student. CutMix works on a batch: a box from another
 crop of the batch is pasted into the images and, with the same boxes, into the targets or teacher maps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 
 from training.config import AugmentConfig
 
@@ -100,6 +104,53 @@ def jitter(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) ->
     return out.clamp(0.0, 1.0)
 
 
+def photometric(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Gamma, blur, noise and re-quantisation of a 3×H×W image in [0, 1], each per `cfg` (pixels stay put)."""
+    out = image
+    if cfg.gamma > 0:
+        out = out.clamp(0.0, 1.0) ** float(np.exp(rng.uniform(-np.log1p(cfg.gamma), np.log1p(cfg.gamma))))
+    if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
+        sigma = float(rng.uniform(0.0, cfg.blur_sigma))
+        if sigma > 0.1:
+            radius = max(1, int(math.ceil(3 * sigma)))
+            out = TF.gaussian_blur(out, [2 * radius + 1] * 2, [sigma, sigma])
+    if cfg.noise_p > 0 and rng.random() < cfg.noise_p:
+        std = float(rng.uniform(0.0, cfg.noise_std))
+        noise = torch.from_numpy(rng.standard_normal(out.shape[-2:], dtype=np.float32))
+        out = out + std * noise  # one field for all channels: a grey image stays grey
+    if cfg.quantize_p > 0 and rng.random() < cfg.quantize_p:
+        levels = int(rng.integers(cfg.quantize_levels, 257)) - 1
+        out = torch.round(out.clamp(0.0, 1.0) * levels) / levels
+    return out.clamp(0.0, 1.0)
+
+
+def single_signal(image: torch.Tensor, tolerance: float = 2.0 / 255.0) -> bool:
+    """True for a grey image (channels equal) or one whose signal sits in one channel (the others empty)."""
+    filled = [c for c in range(image.shape[0]) if bool(image[c].any())]
+    if len(filled) <= 1:
+        return True
+    ref = image[filled[0]]
+    return all(float((image[c] - ref).abs().max()) <= tolerance for c in filled[1:])
+
+
+def move_channels(image: torch.Tensor, rng: np.random.Generator, p: float) -> torch.Tensor:
+    """With probability p, a single-signal image's signal goes to a random non-empty set of channels."""
+    if p <= 0 or rng.random() >= p or not single_signal(image):
+        return image
+    signal = image.max(0).values
+    mask = int(rng.integers(1, 8))  # 1..7: which of the three channels carry the signal
+    out = torch.zeros_like(image)
+    for c in range(3):
+        if mask >> c & 1:
+            out[c] = signal
+    return out
+
+
+def strong(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """The strong photometric view: channel move, brightness/contrast, then gamma, blur, noise, quantisation."""
+    return photometric(jitter(move_channels(image, rng, cfg.channel_p), rng, cfg), rng, cfg)
+
+
 def labelled_view(
     image: np.ndarray, targets: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,7 +160,7 @@ def labelled_view(
     img = view(image, geom, cfg.crop) / 255.0
     cls = view(targets[..., :1], geom, cfg.crop, nearest=True)[0].round().long()
     maps = view(targets[..., 1:], geom, cfg.crop).clamp(0.0, 1.0)
-    return jitter(img, rng, cfg), cls, maps[:1], maps[1:]
+    return strong(img, rng, cfg), cls, maps[:1], maps[1:]
 
 
 def unlabelled_views(
@@ -118,7 +169,7 @@ def unlabelled_views(
     """uint8 H×W×3 -> (weak, strong) 3×C×C views of the same pixels; strong = weak + jitter."""
     geom = sample_geometry(rng, image.shape[:2], cfg)
     weak = view(image, geom, cfg.crop) / 255.0
-    return weak, jitter(weak, rng, cfg)
+    return weak, strong(weak, rng, cfg)
 
 
 Box = tuple[int, int, int, int, int]  # source index, y0, y1, x0, x1
@@ -158,6 +209,10 @@ __all__ = [
     "extract_region",
     "jitter",
     "labelled_view",
+    "move_channels",
+    "photometric",
+    "single_signal",
+    "strong",
     "orient",
     "resize",
     "sample_geometry",

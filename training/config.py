@@ -21,6 +21,15 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 class DataConfig:
     """Which images train, which validate, and where preprocessed arrays are cached."""
 
+    # Labelled data folders in the challenge layout, each optionally with unlabeled/; `--data` adds to them.
+    sources: tuple[str, ...] = ()
+    # Sampling weight of each source in `sources` order (a source's images share its weight equally);
+    # () draws every labelled image equally often, whatever its source.
+    weights: tuple[float, ...] = ()
+    # Folders of unlabelled images (any depth) for the Mean Teacher stream, each drawn with weight 1.
+    unlabelled_dirs: tuple[str, ...] = ()
+    # Labelled training images also feed the unlabelled stream (their labels unused there).
+    labelled_as_unlabelled: bool = False
     # Validation images: a folder in the challenge layout (images/ + labels/), relative to the data folder;
     # "" holds out `val_fraction` of the labelled images instead, chosen by `seed`.
     val_dir: str = ""
@@ -69,6 +78,21 @@ class AugmentConfig:
     # Colour jitter: brightness and contrast factors drawn from [1 - x, 1 + x]; no hue or saturation.
     brightness: float = 0.3
     contrast: float = 0.3
+    # Gamma drawn log-uniformly from [1 / (1 + x), 1 + x]; 0 disables.
+    gamma: float = 0.0
+    # Gaussian blur with probability blur_p, sigma uniform in [0, blur_sigma] px.
+    blur_p: float = 0.0
+    blur_sigma: float = 1.5
+    # Gaussian noise with probability noise_p, standard deviation uniform in [0, noise_std] (image in [0, 1]).
+    noise_p: float = 0.0
+    noise_std: float = 0.06
+    # With probability quantize_p the crop is re-quantised to between quantize_levels and 256 grey levels
+    # (a dim 8-bit or a coarsely digitised 16-bit image after normalisation).
+    quantize_p: float = 0.0
+    quantize_levels: int = 24
+    # With probability channel_p the signal of a single-signal image (grey, or one non-empty channel) moves to a
+    # random non-empty set of channels: fluorescence arrives in any channel. Colour images are left alone.
+    channel_p: float = 0.0
     # CutMix: probability that a crop gets a box pasted from another crop of the same batch.
     cutmix_p: float = 0.5
 
@@ -201,6 +225,15 @@ def check(cfg: "TrainConfig") -> list[str]:
         problems.append("schedule batch sizes and data.repeats must be at least 1")
     if not 0.0 <= cfg.teacher.ema_decay <= 1.0:
         problems.append("teacher.ema_decay must be in [0, 1]")
+    if cfg.data.weights and (min(cfg.data.weights) < 0 or sum(cfg.data.weights) <= 0):
+        problems.append("data.weights must be non-negative and not all zero")
+    if cfg.data.weights and cfg.data.sources and len(cfg.data.weights) != len(cfg.data.sources):
+        problems.append(f"data.weights has {len(cfg.data.weights)} value(s) for {len(cfg.data.sources)} data.sources")
+    for name in ("blur_p", "noise_p", "quantize_p", "channel_p"):
+        if not 0.0 <= getattr(cfg.augment, name) <= 1.0:
+            problems.append(f"augment.{name} must be in [0, 1]")
+    if not 2 <= cfg.augment.quantize_levels <= 256:
+        problems.append("augment.quantize_levels must be in [2, 256]")
     if not cfg.validation.scales:
         problems.append("validation.scales needs at least one scale")
     return problems
@@ -211,6 +244,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if text.startswith("tuple"):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if "str" in text:
+            if not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+            return tuple(value)
         item = float if "float" in text else int
         return tuple(item(v) for v in value)
     if hint is bool:

@@ -1,6 +1,8 @@
 """Challenge-layout datasets: finding pairs, checking them, splitting, caching and serving crops.
 
 Layout: ``DIR/images/<name>.<ext>``, ``DIR/labels/<name>_label.tiff``, ``DIR/unlabeled/**`` (any depth).
+A run may read several such folders (real sets beside the synthetic generator's output), each with a sampling
+weight, plus folders of unlabelled images; every sample remembers which folder it came from.
 Every image goes through the app's own reader and normaliser, so training sees exactly what inference sees.
 Each usable file is converted once into .npy arrays in a cache folder (normalised uint8 RGB image, float16
 targets (cls, cell, boundary), int32 labels) keyed by the source files' name, size and mtime and by the
@@ -16,7 +18,7 @@ import hashlib
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,6 +45,7 @@ class Sample:
     name: str
     image: Path
     label: Path | None = None
+    source: int = 0  # index of the data folder it came from (for per-source sampling weights)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Prepared:
     image: Path  # uint8 H×W×3 .npy
     targets: Path | None = None  # float16 H×W×3 .npy: cls, cell, boundary
     labels: Path | None = None  # int32 H×W .npy
+    source: int = 0
 
 
 @dataclass
@@ -126,6 +130,51 @@ def split_dataset(data_dir: Path, cfg: DataConfig) -> Split:
     return split
 
 
+def tag(samples: list[Sample], source: int) -> list[Sample]:
+    """The same samples marked as coming from data folder `source`."""
+    return [replace(s, source=source) for s in samples]
+
+
+def split_sources(folders: list[Path], cfg: DataConfig) -> Split:
+    """`split_dataset` of every labelled folder, samples tagged with their folder's index, plus the images of
+    `cfg.unlabelled_dirs` (tagged after the labelled folders) and, with `labelled_as_unlabelled`, the labelled
+    training images again as unlabelled ones. Problems name the folder."""
+    merged = Split()
+    for index, folder in enumerate(folders):
+        part = split_dataset(folder, cfg)
+        merged.labelled += tag(part.labelled, index)
+        merged.validation += tag(part.validation, index)
+        merged.unlabelled += tag(part.unlabelled, index)
+        merged.problems += [f"{folder.name}/{problem}" if len(folders) > 1 else problem for problem in part.problems]
+    for offset, name in enumerate(cfg.unlabelled_dirs):
+        folder = Path(name)
+        if not folder.is_dir():
+            merged.problems.append(f"{folder.name}: unlabelled folder not found")
+            continue
+        files = _image_files(folder, True)
+        merged.unlabelled += [
+            Sample(str(p.relative_to(folder).with_suffix("")).replace(os.sep, "__"), p, None, len(folders) + offset)
+            for p in files
+        ]
+    return merged
+
+
+def sampling_probabilities(sources: list[int], weights: tuple[float, ...] | list[float]) -> np.ndarray | None:
+    """Draw probability of each item: its source's weight shared equally by that source's items.
+
+    None (every item equally likely) when no weights are given; sources beyond the weights weigh 1.
+    """
+    if not weights or not sources:
+        return None
+    counts: dict[int, int] = {}
+    for source in sources:
+        counts[source] = counts.get(source, 0) + 1
+    probs = np.array([(weights[s] if s < len(weights) else 1.0) / counts[s] for s in sources], dtype=np.float64)
+    if probs.sum() <= 0:
+        raise ValueError("every source with images has weight 0")
+    return probs / probs.sum()
+
+
 def _key(paths: list[Path], settings: str) -> str:
     digest = hashlib.sha1(f"{CACHE_VERSION}|{settings}".encode())
     for path in paths:
@@ -169,7 +218,7 @@ def prepare_sample(
     labels_npy = cache / LABELS / f"{sample.name}-{key}.npy" if sample.label and want_labels else None
     wanted = [p for p in (image_npy, targets_npy, labels_npy) if p is not None]
     if all(p.is_file() for p in wanted):
-        return Prepared(sample.name, image_npy, targets_npy, labels_npy)
+        return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source)
     rgb = read_normalized(sample.image, data.max_pixels, norm)
     if sample.label is not None:
         labels = load_labels(sample.label)
@@ -184,7 +233,7 @@ def prepare_sample(
         if labels_npy is not None:
             save_array(labels_npy, labels)
     save_array(image_npy, rgb)
-    return Prepared(sample.name, image_npy, targets_npy, labels_npy)
+    return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source)
 
 
 def prepare_all(
@@ -253,9 +302,14 @@ class UnlabelledCrops(_Crops):
         return {"weak": weak, "strong": strong}
 
 
-def epoch_order(n_items: int, count: int, seed: int, stream: int, epoch: int) -> np.ndarray:
-    """`count` sample indices for one epoch: shuffled passes over all items, repeated as needed."""
+def epoch_order(
+    n_items: int, count: int, seed: int, stream: int, epoch: int, probs: np.ndarray | None = None
+) -> np.ndarray:
+    """`count` sample indices for one epoch: shuffled passes over all items, repeated as needed, or, with
+    `probs`, independent draws with those probabilities (per-source weights)."""
     rng = np.random.default_rng([seed, stream, epoch, 7])
+    if probs is not None:
+        return rng.choice(n_items, size=count, p=probs)
     passes = math.ceil(count / n_items)
     return np.concatenate([rng.permutation(n_items) for _ in range(passes)])[:count]
 
@@ -268,17 +322,27 @@ class EpochSampler(Sampler):
     """
 
     def __init__(
-        self, n_items: int, batch: int, steps: int, epoch: int, seed: int, stream: int, rank: int = 0, world: int = 1
+        self,
+        n_items: int,
+        batch: int,
+        steps: int,
+        epoch: int,
+        seed: int,
+        stream: int,
+        rank: int = 0,
+        world: int = 1,
+        probs: np.ndarray | None = None,
     ) -> None:
         self.n_items, self.batch, self.steps = n_items, batch, steps
         self.epoch, self.seed, self.stream, self.rank, self.world = epoch, seed, stream, rank, world
+        self.probs = probs
 
     def __len__(self) -> int:
         return self.steps * self.batch
 
     def __iter__(self) -> Iterator[Key]:
         total = self.steps * self.batch * self.world
-        order = epoch_order(self.n_items, total, self.seed, self.stream, self.epoch)
+        order = epoch_order(self.n_items, total, self.seed, self.stream, self.epoch, self.probs)
         for position in range(self.rank, total, self.world):
             yield int(order[position]), self.epoch, position
 
@@ -300,10 +364,13 @@ __all__ = [
     "open_array",
     "prepare_all",
     "prepare_sample",
+    "sampling_probabilities",
     "save_array",
     "scan_pairs",
     "scan_unlabelled",
     "split_dataset",
+    "split_sources",
+    "tag",
     "stem",
     "steps_per_epoch",
 ]

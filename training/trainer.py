@@ -43,7 +43,8 @@ from training.data import (
     UnlabelledCrops,
     open_array,
     prepare_all,
-    split_dataset,
+    sampling_probabilities,
+    split_sources,
     steps_per_epoch,
 )
 from training.losses import total_loss
@@ -315,9 +316,9 @@ class Datasets:
     validation: list[Prepared]
     problems: list[str]
 
-    def summary(self, data_dir: Path, seed: int) -> dict[str, Any]:
+    def summary(self, data_dirs: list[Path], seed: int) -> dict[str, Any]:
         return {
-            "dir": data_dir.name,
+            "dir": ",".join(d.name for d in data_dirs),
             "labelled": len(self.labelled),
             "unlabelled": len(self.unlabelled),
             "validation": len(self.validation),
@@ -326,9 +327,9 @@ class Datasets:
         }
 
 
-def prepare_data(cfg: TrainConfig, data_dir: Path, cache: Path, place: Dist, log: Log) -> Datasets:
+def prepare_data(cfg: TrainConfig, data_dirs: list[Path], cache: Path, place: Dist, log: Log) -> Datasets:
     """Split, check and cache every file before training starts; rank 0 works, the others reuse its cache."""
-    split = split_dataset(data_dir, cfg.data)
+    split = split_sources(data_dirs, cfg.data)
     norm = InferenceConfig()
     report = log if place.main else None
     if report:
@@ -345,17 +346,19 @@ def prepare_data(cfg: TrainConfig, data_dir: Path, cache: Path, place: Dist, log
                 if use_unlabelled
                 else ([], [])
             )
+            if use_unlabelled and cfg.data.labelled_as_unlabelled:
+                unlabelled = unlabelled + [Prepared(p.name, p.image, source=p.source) for p in labelled]
             result = Datasets(labelled, unlabelled, validation, split.problems + p1 + p2 + p3)
         barrier(place)
     assert result is not None
     if not result.labelled:
-        raise ValueError(f"{data_dir.name}: no usable labelled image (images/ + labels/)")
+        raise ValueError(f"{', '.join(d.name for d in data_dirs)}: no usable labelled image (images/ + labels/)")
     return result
 
 
 def train(
     cfg: TrainConfig,
-    data_dir: Path,
+    data_dir: Path | list[Path] | None,
     out_dir: Path,
     resume: bool = False,
     encoder_weights: Path | None = None,
@@ -367,12 +370,14 @@ def train(
     With `resume`, continues from ``out_dir/last.pt`` (the checkpoint's own config wins for the model). With
     `init_onnx`, a new run starts from the weights of an exported fp32 model (training/onnx_weights.py).
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    extra = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
+    data_dirs = data_folders(cfg, [Path(d) for d in extra])
+    out_dir = Path(out_dir)
     device_kind = "cuda" if cfg.runtime.device == "auto" and torch.cuda.is_available() else cfg.runtime.device
     place, owns_group = init_distributed("cuda" if device_kind == "cuda" else "cpu")
     log = log if place.main else (lambda message: None)
     try:
-        return _train(cfg, data_dir, out_dir, resume, encoder_weights, init_onnx, place, log)
+        return _train(cfg, data_dirs, out_dir, resume, encoder_weights, init_onnx, place, log)
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -380,7 +385,7 @@ def train(
 
 def _train(
     cfg: TrainConfig,
-    data_dir: Path,
+    data_dirs: list[Path],
     out_dir: Path,
     resume: bool,
     encoder_weights: Path | None,
@@ -396,7 +401,7 @@ def _train(
     if checkpoint is not None:
         cfg = TrainConfig.from_dict({**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)})
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
-    data = prepare_data(cfg, data_dir, cache, place, log)
+    data = prepare_data(cfg, data_dirs, cache, place, log)
     log(
         f"data: {len(data.labelled)} labelled, {len(data.unlabelled)} unlabelled, {len(data.validation)} validation"
         f" image(s); {len(data.problems)} skipped"
@@ -463,7 +468,7 @@ def _train(
             "scaler": scaler.state_dict(),
             "rng": rng_state(),
             "metrics": dict(metrics),
-            "data": data.summary(data_dir, cfg.data.seed),
+            "data": data.summary(data_dirs, cfg.data.seed),
             "init_onnx": started_from,
         }
 
@@ -474,6 +479,14 @@ def _train(
     barrier(place)
 
     unlabelled_set = UnlabelledCrops(data.unlabelled, cfg.augment, cfg.runtime.seed)
+    labelled_probs = sampling_probabilities([p.source for p in data.labelled], cfg.data.weights)
+    unlabelled_probs = sampling_probabilities([p.source for p in data.unlabelled], cfg.data.weights)
+    if place.main and len(data_dirs) > 1:
+        for index, folder in enumerate(data_dirs):
+            count = sum(p.source == index for p in data.labelled)
+            share = (labelled_probs[[p.source == index for p in data.labelled]].sum() if labelled_probs is not None
+                     else count / max(1, len(data.labelled)))
+            log(f"source {folder.name}: {count} labelled image(s), {share:.0%} of labelled draws")
     semi = cfg.teacher.semi_supervised and len(data.unlabelled) > 0
     if cfg.teacher.semi_supervised and not data.unlabelled:
         log("warning: semi_supervised is on but there are no unlabelled images; training supervised only")
@@ -483,9 +496,10 @@ def _train(
             teacher = make_teacher(net)
             log(f"warm-up over after {epoch} epoch(s): teacher copied from the student")
         epoch_steps = min(steps, total_steps - step)
-        labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place)
+        labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place, labelled_probs)
         unlabelled_iter = (
-            iter(_loader(unlabelled_set, cfg, steps, epoch, 1, cfg.schedule.unlabelled_batch_size, place))
+            iter(_loader(unlabelled_set, cfg, steps, epoch, 1, cfg.schedule.unlabelled_batch_size, place,
+                         unlabelled_probs))
             if teacher is not None
             else None
         )
@@ -542,8 +556,24 @@ def _train(
     return best_path
 
 
-def _loader(dataset, cfg: TrainConfig, steps: int, epoch: int, stream: int, batch: int, place: Dist) -> DataLoader:
-    sampler = EpochSampler(len(dataset), batch, steps, epoch, cfg.runtime.seed, stream, place.rank, place.world)
+def data_folders(cfg: TrainConfig, extra: list[Path]) -> list[Path]:
+    """The run's labelled folders: the config's `data.sources`, then folders given on the command line."""
+    folders = [Path(name) for name in cfg.data.sources] + [d for d in extra if str(d) not in cfg.data.sources]
+    if not folders:
+        raise ValueError("no data folder: give --data DIR or set data.sources")
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"data folder not found: {', '.join(missing)}")
+    if cfg.data.weights and len(cfg.data.weights) != len(folders):
+        raise ValueError(f"data.weights has {len(cfg.data.weights)} value(s) for {len(folders)} data folder(s)")
+    return folders
+
+
+def _loader(
+    dataset, cfg: TrainConfig, steps: int, epoch: int, stream: int, batch: int, place: Dist,
+    probs: np.ndarray | None = None,
+) -> DataLoader:
+    sampler = EpochSampler(len(dataset), batch, steps, epoch, cfg.runtime.seed, stream, place.rank, place.world, probs)
     return DataLoader(
         dataset,
         batch_size=batch,

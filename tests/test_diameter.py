@@ -1,0 +1,139 @@
+"""Object size estimate and adaptive scales: accuracy on drawn images of known size, overrides, the budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.config import InferenceConfig
+from app.diameter import (
+    ESTIMATED,
+    FIXED,
+    GIVEN,
+    adaptive_scales,
+    central_crop,
+    choose_scales,
+    equivalent_diameters,
+    estimate_diameter,
+    median_diameter,
+    size_estimate,
+)
+from app.plan import Costs, Planner, choose_plan
+from app.runner import ModelRunner
+from tests.onnx_models import contract_model
+
+CFG = InferenceConfig(min_seed_area=4, window=128, stride=64, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
+    return ModelRunner(contract_model(tmp_path_factory.mktemp("diameter") / "m.onnx"), device="cpu", threads=1)
+
+
+def discs(diameter: float, seed: int = 0) -> np.ndarray:
+    """Bright discs of one diameter on a dark, slightly noisy background, as uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    side = int(max(256, diameter * 9))
+    image = np.full((side, side), 20.0)
+    taken = np.zeros((side, side), bool)
+    yy, xx = np.mgrid[:side, :side]
+    r = diameter / 2
+    for _ in range(400):
+        cy, cx = rng.uniform(r + 2, side - r - 2, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        grown = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 3) ** 2
+        if not taken[grown].any():
+            image[disc] = 200.0
+            taken |= disc
+    image += rng.normal(0, 3, image.shape)
+    return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_equivalent_and_median_diameters() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:9, 5:9] = 1  # 16 px: 4.51
+    labels[15:25, 15:25] = 2  # 100 px: 11.28
+    labels[0:3, 30:33] = 3  # touches the border: left out of the median
+    assert equivalent_diameters(labels)[:2] == pytest.approx([4.514, 11.284], abs=1e-3)
+    assert median_diameter(labels, 2) == (pytest.approx((4.514 + 11.284) / 2, abs=1e-3), 2)
+    assert median_diameter(labels, 3) == (None, 2)
+    assert central_crop(np.zeros((10, 30)), 8).shape == (8, 8)
+    assert central_crop(np.zeros((10, 30)), 20).shape == (10, 20)
+
+
+@pytest.mark.parametrize("diameter", [8, 12, 20, 32, 50, 80])
+def test_estimate_is_within_15_percent_across_sizes(runner: ModelRunner, diameter: int) -> None:
+    found = estimate_diameter(discs(diameter, seed=diameter), runner, CFG)
+    assert found.source == ESTIMATED and found.objects >= CFG.estimate_min_objects
+    assert found.diameter == pytest.approx(diameter, rel=0.15)
+    assert 1 <= found.passes <= CFG.estimate_passes and found.seconds > 0
+
+
+def test_scales_bring_objects_to_the_target_size() -> None:
+    cfg = InferenceConfig(target_diameter=30.0)
+    assert adaptive_scales(15.0, cfg) == (1.6, 2.0, 2.4)
+    assert adaptive_scales(60.0, cfg) == (0.4, 0.5, 0.6)
+    assert adaptive_scales(1.0, cfg) == (3.2, 4.0)  # clipped to the range, each scale once
+    assert adaptive_scales(30.0, cfg.with_overrides(adaptive_spread=(1.0,))) == (1.0,)
+
+
+def test_diameter_option_overrides_the_estimate_and_fixed_mode_keeps_mt2(runner: ModelRunner) -> None:
+    image = discs(20)
+    given = size_estimate(image, runner, CFG.with_overrides(diameter=10.0))
+    assert (given.source, given.diameter, given.passes) == (GIVEN, 10.0, 0)
+    assert choose_scales(given, False, CFG.with_overrides(target_diameter=30.0)) == (2.4, 3.0, 3.6)
+    fixed = size_estimate(image, runner, CFG.with_overrides(scale_mode="fixed"))
+    assert fixed.source == FIXED and choose_scales(fixed, True, CFG) == (1.5,)
+    assert choose_scales(fixed, False, CFG) == (0.8, 1.0, 1.2)
+    assert size_estimate(image, runner, CFG, allowed=False).source == FIXED
+    empty = size_estimate(np.zeros((128, 128, 3), np.uint8), runner, CFG)
+    assert empty.source == FIXED and empty.diameter is None  # nothing found: MT2's scales
+    with pytest.raises(ValueError, match="scale_mode"):
+        InferenceConfig(scale_mode="auto")
+
+
+COSTS = Costs(window_seconds=0.1, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1)
+
+
+def test_plan_counts_the_estimate_inside_the_budget(runner: ModelRunner) -> None:
+    cfg = InferenceConfig(budget="100")
+    planner = Planner(runner, cfg)
+    planner._costs = COSTS
+    scales = (1.6, 2.0, 2.4)
+    roomy = planner.plan(1000, 1000, False, scales, spent=0.0)
+    tight = planner.plan(1000, 1000, False, scales, spent=85.0)
+    assert roomy == choose_plan(1000, 1000, False, cfg, COSTS, 100.0, scales=scales)
+    assert tight == choose_plan(1000, 1000, False, cfg, COSTS, 15.0, scales=scales)
+    assert roomy.scales == scales and "adaptive plan" in roomy.reason
+    assert len(tight.scales) < len(roomy.scales) or tight.stride > roomy.stride
+    assert tight.scales == (2.0,) or tight.scales[0] < 2.0  # the single-scale fallback is the middle one
+    assert planner.estimate_allowed(1000, 1000)
+    starved = Planner(runner, InferenceConfig(budget="0.5"))
+    starved._costs = COSTS
+    assert not starved.estimate_allowed(1000, 1000)
+    unlimited = Planner(runner, InferenceConfig(budget="none"))
+    assert unlimited.estimate_allowed(1000, 1000) and unlimited._costs is None
+    assert unlimited.plan(500, 500, True, scales).scales == scales
+
+
+def test_predict_reports_the_diameter_and_scales(runner: ModelRunner, tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    from app.pipeline import run_folder
+
+    (tmp_path / "in").mkdir()
+    iio.imwrite(tmp_path / "in" / "cells.png", discs(16, seed=3)[..., 0])
+    model = contract_model(tmp_path / "m.onnx")
+    cfg = CFG.with_overrides(budget="none", target_diameter=24.0, device="cpu", threads=1)
+    code = run_folder(tmp_path / "in", tmp_path / "out", model, cfg, report=tmp_path / "report.csv")
+    assert code == 0
+    import csv
+
+    with open(tmp_path / "report.csv") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["size_source"] == ESTIMATED and float(row["diameter"]) == pytest.approx(16, rel=0.15)
+    scales = [float(s) for s in row["scales"].split("/")]
+    assert scales[1] == pytest.approx(24.0 / float(row["diameter"]), rel=0.01)
+    assert float(row["estimate_s"]) > 0
