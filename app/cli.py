@@ -163,13 +163,20 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
 @click.option("--write", is_flag=True, help="Store the best thresholds in the weights folder's manifest.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: its default).")
-def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int) -> None:
+@click.option("--target-diameter", type=float, default=None,
+              help="Adaptive scales' target object diameter in px, stored with --write. [default: the manifest's, "
+                   "else the app's]")
+@click.option("--scale-mode", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
+              help="Scales the maps are computed at, as predict would choose them.")
+def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int,
+         target_diameter: float | None, scale_mode: str) -> None:
     """Choose flipped views, scale fusion, T_cell, T_seed and S_min for a model on labelled images (never the
     images you report F1 on).
 
-    The model's maps are computed once per image at MT2's scales with up to 4 flipped views; every combination
-    of the grid is scored with the challenge F1. With --write the best goes into the manifest, and predict uses
-    it (a short time budget still drops flipped views first).
+    The model's maps are computed once per image at the scales predict would choose (adaptive: from each
+    image's estimated diameter, found with the manifest's current thresholds; fixed: MT2's) with up to 4 flipped
+    views; every combination of the grid is scored with the challenge F1. With --write the best and the target
+    diameter go into the manifest, and predict uses them (a short time budget still drops flipped views first).
     """
     from pathlib import Path
 
@@ -177,7 +184,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
 
     from app.config import InferenceConfig
     from app.errors import ModelError
-    from app.manifest import manifest_beside, store_postprocess
+    from app.manifest import manifest_beside, postprocess_settings, store_postprocess
     from app.runner import ModelRunner, resolve_model
     from app.tune import candidate_settings, collect_scores, current_settings, labelled_pairs, rank
 
@@ -188,19 +195,24 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     pairs = labelled_pairs(data / "images", data / "labels")[:limit]
     if not pairs:
         raise click.ClickException(f"no image in {data / 'images'} has a label file in {data / 'labels'}")
-    cfg = InferenceConfig(device=device, threads=threads)
     try:
+        stored = postprocess_settings(model_path)
         runner = ModelRunner(resolve_model(model_path, device), device, threads)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
+    base = InferenceConfig(device=device, threads=threads, scale_mode=scale_mode)
+    # The diameter estimate runs with the thresholds predict would use now; the grid then scores every setting.
+    cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, "target_diameter": target_diameter})
+    click.echo(f"scales: {scale_mode}" + (f", target diameter {cfg.target_diameter:g} px" if scale_mode == "adaptive"
+                                          else ""), err=True)
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
-    candidates = candidate_settings(cfg)
+    candidates = candidate_settings(base)
     scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,
                             on_error=lambda message: click.echo(f"skipped {message}", err=True))
     if not scored:
         raise click.ClickException("no usable labelled image")
     trials = rank(candidates, scored)
-    reference = current_settings(cfg)
+    reference = current_settings(base)
     click.echo(f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
     shown = trials[:10] + [t for t in trials[10:] if t.settings == reference]
     for trial in shown:
@@ -216,7 +228,8 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         if not manifest.is_file():
             raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the settings in")
         note = f"{len(scored)} images of {data.name}, mean F1 {best.f1:.4f}"
-        click.echo(f"stored in {store_postprocess(manifest.parent, best.settings, note)}")
+        chosen = {**best.settings, "target_diameter": cfg.target_diameter} if scale_mode == "adaptive" else best.settings
+        click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note)}")
 
 
 # --- timing ------------------------------------------------------------------------------------------------------

@@ -101,6 +101,9 @@ class InferenceConfig:
 # outputs are combined (flipped views, scales) and turned into instances (thresholds). Options given on the
 # command line still win.
 POSTPROCESS_FIELDS: tuple[str, ...] = ("flips", "fusion", "cell_threshold", "seed_threshold", "min_seed_area")
+# What a manifest may set besides: the object size at which this model segments best (adaptive scales), chosen
+# by measurement for each model and recorded by `python -m app tune --write` with the settings it was tuned at.
+MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter")
 
 
 @dataclass(frozen=True)

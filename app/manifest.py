@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.config import CONTRACT, POSTPROCESS_FIELDS, InferenceConfig
+from app.config import CONTRACT, MANIFEST_FIELDS, InferenceConfig
 from app.errors import ModelError
 
 MANIFEST_VERSION = 1
@@ -127,13 +127,13 @@ def postprocess_settings(model: Path | str) -> dict[str, Any]:
     if table is None:
         return {}
     if not isinstance(table, dict):
-        raise ModelError(f"{path.name}: 'postprocess' must be a table of {', '.join(POSTPROCESS_FIELDS)}")
+        raise ModelError(f"{path.name}: 'postprocess' must be a table of {', '.join(MANIFEST_FIELDS)}")
     settings: dict[str, Any] = {}
     for name, value in table.items():
         if name == POSTPROCESS_NOTE:
             continue
-        if name not in POSTPROCESS_FIELDS:
-            raise ModelError(f"{path.name}: unknown field postprocess.{name} (known: {', '.join(POSTPROCESS_FIELDS)})")
+        if name not in MANIFEST_FIELDS:
+            raise ModelError(f"{path.name}: unknown field postprocess.{name} (known: {', '.join(MANIFEST_FIELDS)})")
         settings[name] = _typed(path.name, name, value, type(getattr(InferenceConfig, name)))
     try:
         InferenceConfig(**settings)
@@ -159,11 +159,11 @@ def store_postprocess(directory: Path | str, settings: Mapping[str, Any], note: 
     """Write `settings` (post-processing fields only) and a `tuned_on` note into an existing manifest."""
     path = Path(directory) / CONTRACT.manifest_file
     manifest = read_manifest(path)
-    unknown = set(settings) - set(POSTPROCESS_FIELDS)
+    unknown = set(settings) - set(MANIFEST_FIELDS)
     if unknown:
         raise ValueError(f"not post-processing fields: {sorted(unknown)}")
     meta = {k: v for k, v in manifest.items() if k not in ("manifest_version", "files")}
-    chosen = {name: settings[name] for name in POSTPROCESS_FIELDS if name in settings}
+    chosen = {name: settings[name] for name in MANIFEST_FIELDS if name in settings}
     meta["postprocess"] = {**chosen, POSTPROCESS_NOTE: note}
     return write_manifest(directory, manifest["files"], meta)
 

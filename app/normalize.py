@@ -155,10 +155,9 @@ def is_fluorescence(rgb_u8: np.ndarray, cfg: InferenceConfig) -> bool:
     """
     if max(rgb_u8.shape[:2]) >= cfg.fluorescence_max_side:
         return False
-    view = sample(rgb_u8[..., 0], SIGNAL_SAMPLE_PIXELS)
-    if not view.any():
-        return bool(rgb_u8[..., 1:].any())
     channels = [sample(rgb_u8[..., c], SIGNAL_SAMPLE_PIXELS) for c in range(3)]
+    if not channels[0].any():
+        return bool(channels[1].any() or channels[2].any())
     grey = np.array_equal(channels[0], channels[1]) and np.array_equal(channels[1], channels[2])
     return grey and float(np.median(channels[0])) < cfg.fluorescence_grey_median
 

@@ -268,14 +268,15 @@ class ModelRunner:
         self._binding = _CudaBinding(self) if self.provider == CUDA else None
 
     def _precision(self) -> str:
-        """'fp16' when the IO is float16 or most initializer bytes are float16 (keep_io_types export)."""
+        """'fp16' when the IO is float16 or initializers are float16 (keep_io_types export, possibly with some
+        layers kept in fp32 for accuracy)."""
         if self.dtype == np.float16:
             return "fp16"
         try:
             sizes = initializer_bytes(self.path)
         except (ValueError, IndexError, OSError):
             return "fp32"
-        return "fp16" if sizes.get(ONNX_FLOAT16, 0) > sizes.get(ONNX_FLOAT, 0) else "fp32"
+        return "fp16" if sizes.get(ONNX_FLOAT16, 0) > 0 else "fp32"
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run one float32 N×3×H×W batch in [0, 1]; return float32 (cls N×3, cell N×1, boundary N×1)."""

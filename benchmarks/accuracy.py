@@ -369,12 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    emit(lines, args.markdown)
+    return 0
+
+
+def emit(lines: list[str], markdown: Path | None) -> None:
+    """Print the report and, when asked, write it as Markdown too."""
     text = "\n".join(lines)
     print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
-    return 0
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text + "\n")
 
 
 if __name__ == "__main__":

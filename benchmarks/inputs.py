@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from accuracy import folder_name, log, machine, predict_with_app  # noqa: E402
+from accuracy import emit, folder_name, log, machine, predict_with_app  # noqa: E402
 from app.metric import evaluate_folders, read_labels  # noqa: E402
 from app.reader import list_inputs, read_image  # noqa: E402
 from app.writer import output_name, write_labels  # noqa: E402
@@ -190,11 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     lines += [f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
               "Command: `python3 benchmarks/inputs.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text + "\n")
+    emit(lines, args.markdown)
     return 0
 
 

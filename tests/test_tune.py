@@ -193,6 +193,7 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     assert "(MT2's defaults)" in result.output and "stored in" in result.output
     tuned = postprocess_settings(weights)
     assert tuned["min_seed_area"] < np.pi * RADIUS**2
+    assert tuned["target_diameter"] == InferenceConfig().target_diameter  # recorded with what it was tuned at
 
     result = CliRunner().invoke(cli, predict)
     assert result.exit_code == 0, result.output
@@ -200,6 +201,17 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     assert len(np.unique(tifffile.imread(out / "cell_00001_label.tiff"))) - 1 == len(CENTRES)
     result = CliRunner().invoke(cli, [*predict, "--min-seed-area", "64"])  # the command line still wins
     assert result.exit_code == 0 and not tifffile.imread(out / "cell_00001_label.tiff").any()
+
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write", "--target-diameter", "12"])
+    assert result.exit_code == 0 and "target diameter 12 px" in result.output
+    assert postprocess_settings(weights)["target_diameter"] == 12.0
+    result = CliRunner().invoke(cli, [*predict, "--report", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    row = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
+    header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
+    diameter, scales = float(row[header.index("diameter")]), row[header.index("scales")].split("/")
+    assert float(scales[1]) == pytest.approx(12.0 / diameter, rel=0.01)  # predict takes the manifest's target
 
 
 def test_tune_without_labelled_images_or_manifest_fails_clearly(tmp_path: Path) -> None:
