@@ -90,8 +90,7 @@ def process_image(
     row["fluorescence"] = fluorescence
 
     t0 = time.perf_counter()
-    allowed = cfg.scale_mode == "adaptive" and cfg.diameter <= 0 and planner.estimate_allowed(height, width)
-    size = size_estimate(image_u8, runner, cfg, allowed)
+    size = size_estimate(image_u8, runner, cfg, planner.estimate_allowed(height, width))
     timings["estimate"] = size.seconds
     scales = choose_scales(size, fluorescence, cfg) if size.diameter is not None else None
     plan = planner.plan(height, width, fluorescence, scales, spent=size.seconds)
