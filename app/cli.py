@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from app.config import EXTRA_SUFFIXES
+
 
 @click.group()
 @click.version_option(package_name=None, version=__import__("app").__version__)
@@ -84,11 +86,21 @@ def default_model() -> str:
 )
 @click.option("--report", default=None, help="Also write the per-image timing table as CSV to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="Log plan choices and model details.")
+@click.option("--overlay", is_flag=True,
+              help=f"Also write <name>{EXTRA_SUFFIXES['overlay']}: cell outlines over the normalised image.")
+@click.option("--rois", is_flag=True,
+              help=f"Also write <name>{EXTRA_SUFFIXES['rois']}: one ImageJ polygon ROI per cell, named by its label.")
+@click.option("--geojson", is_flag=True,
+              help=f"Also write <name>{EXTRA_SUFFIXES['geojson']}: one QuPath detection (GeoJSON Polygon) per cell.")
+@click.option("--measure", is_flag=True,
+              help=f"Also write <name>{EXTRA_SUFFIXES['measure']}: area, centroid, box, diameter, eccentricity and "
+                   "mean intensities per cell; the log line adds median area and diameter.")
 @config_options
-def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool, **overrides) -> None:  # type: ignore[no-untyped-def]
+def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool, **options) -> None:  # type: ignore[no-untyped-def]
     """Segment every image of --input into one instance-label TIFF per image in --output.
 
-    Exit code 0 when every image was written, 1 when any image failed, 2 when the run could not start.
+    Exit code 0 when every image (and every extra asked for) was written, 1 when any image or extra failed, 2
+    when the run could not start.
     """
     import logging
 
@@ -98,15 +110,16 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     from app.pipeline import SetupError, run_folder
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    extras = [name for name in EXTRA_SUFFIXES if options.pop(name)]  # the rest are config fields
     model = model or default_model()
     try:
         # Settings tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
         tuned = postprocess_settings(model)
         try:
-            cfg = InferenceConfig().with_overrides(**tuned).with_overrides(**overrides)
+            cfg = InferenceConfig().with_overrides(**tuned).with_overrides(**options)
         except ValueError as exc:  # an option the config refuses, e.g. --flips 3
             raise SetupError(str(exc)) from exc
-        code = run_folder(input_dir, output_dir, model, cfg, report)
+        code = run_folder(input_dir, output_dir, model, cfg, report, extras=extras)
     except (SetupError, ModelError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -3,7 +3,7 @@
 `InferenceConfig` holds what a user may change from the command line; `CHALLENGE` holds the fixed rules
 of the NeurIPS 2022 Cell Segmentation challenge (tolerance, metric) and `CONTRACT` the ONNX model contract.
 `TuneGrid` is the search space of `python -m app tune` over the `POSTPROCESS_FIELDS`. `FLIP_AXES` names the
-test-time flips once.
+test-time flips once; `EXTRA_SUFFIXES` and `OVERLAY_PALETTE` the optional outputs of `predict` (app/extras.py).
 Other modules take a config object as an argument rather than reading globals, so tests can vary any value.
 """
 
@@ -18,6 +18,20 @@ from typing import Any
 FLIP_AXES: dict[int, tuple[tuple[int, ...], ...]] = {1: ((),), 2: ((), (1,)), 4: ((), (1,), (0,), (0, 1))}
 FUSIONS: tuple[str, ...] = ("max", "mean")
 SCALE_MODES: tuple[str, ...] = ("adaptive", "fixed")
+# Optional outputs of `predict`, one option each (--overlay, --rois, --geojson, --measure), written in this order
+# beside the label file: the input's name up to its first dot, then this suffix (docs/APP.md, "Extra outputs").
+EXTRA_SUFFIXES: dict[str, str] = {
+    "overlay": "_overlay.png",
+    "rois": "_rois.zip",
+    "geojson": ".geojson",
+    "measure": "_cells.csv",
+}
+# Outline colours of the overlay, cell label modulo their count: saturated, distinct, visible on dark
+# fluorescence and on light brightfield backgrounds alike.
+OVERLAY_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40), (255, 105, 180),
+)
 
 
 def check_choice(name: str, value: Any, allowed: Any) -> None:
@@ -76,6 +90,8 @@ class InferenceConfig:
     budget_safety: float = _opt(0.75, "fraction of the budget the planner may fill")
     device: str = _opt("auto", "auto (CUDA + fp16 when available, else CPU + fp32), cuda or cpu")
     threads: int = _opt(0, "ONNX Runtime threads (0: its default)")
+    overlay_max_side: int = _opt(4096, "--overlay: larger images are drawn on a copy subsampled (nearest) to this "
+                                 "longer side (0: always full size)")
 
     def __post_init__(self) -> None:
         check_choice("fusion", self.fusion, FUSIONS)
@@ -87,6 +103,8 @@ class InferenceConfig:
             raise ValueError("adaptive_scale_range needs two values 0 < low <= high")
         if not self.adaptive_spread or min(self.adaptive_spread) <= 0:
             raise ValueError("adaptive_spread needs positive factors")
+        if self.overlay_max_side < 0:
+            raise ValueError("overlay_max_side must be >= 0")
 
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""

@@ -6,6 +6,10 @@ any failure while it is processed) are reported on one line and the run goes on 
 exit code is 1 when any image failed. One log line per image gives its size, plan, seconds, the challenge
 tolerance and the penalised time; `--report` writes the same rows, with per-stage seconds, as CSV.
 
+Extras (`--overlay`, `--rois`, `--geojson`, `--measure`; app/extras.py) are written after the label file, each
+atomically; one that fails is reported on its own `FAILED <file>: <reason>` line, the label file stays, the
+other extras are still written and the exit code is 1.
+
 Times: `seconds` is the image's own wall time in this process. The challenge runs one container per image,
 so start-up (interpreter, imports, model load) is paid for every image there; the penalised time is
 therefore computed on `seconds + startup_s`, which is what a single-image container run would be charged
@@ -18,12 +22,15 @@ import csv
 import io
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
+import numpy as np
 from tqdm import tqdm
 
-from app.config import CHALLENGE, InferenceConfig
+from app import extras as extra_outputs
+from app.config import CHALLENGE, EXTRA_SUFFIXES, InferenceConfig
 from app.errors import InputError
 from app.normalize import is_fluorescence, normalize, to_rgb
 from app.diameter import choose_scales, size_estimate
@@ -32,16 +39,18 @@ from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
 from app.segment import segment
 from app.timing import penalised, process_age, tolerance
-from app.writer import output_name, write_labels, write_text
+from app.writer import output_name, write_atomic, write_labels, write_text
 
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
 # Stage columns the pipeline itself times, in data-path order; stages timed inside segment() follow them.
 OWN_STAGES = ("read", "normalise", "estimate", "plan")
 WRITE_STAGE = "write"
+# The columns of --measure and the extras come last, so every earlier column keeps its place.
 REPORT_COLUMNS = (
     "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence",
     "diameter", "size_source", "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
+    "median_area", "median_diameter", "extras",
 )
 
 
@@ -72,8 +81,10 @@ def process_image(
     cfg: InferenceConfig,
     row: dict[str, Any],
     timings: dict[str, float],
+    extras: Collection[str] = (),
 ) -> None:
-    """Read → to_rgb → normalise → plan → segment → write one image, filling `row` and `timings` as it goes."""
+    """Read → to_rgb → normalise → plan → segment → write one image, filling `row` and `timings` as it goes;
+    then the requested `extras` (names of `EXTRA_SUFFIXES`) beside the label file (`write_extras`)."""
     t0 = time.perf_counter()
     image = read_image(path, cfg.max_pixels)
     timings["read"] = time.perf_counter() - t0
@@ -100,7 +111,8 @@ def process_image(
                plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
     labels = segment(image_u8, runner, plan, cfg, timings)
-    del image_u8
+    if not extra_outputs.NEEDS_IMAGE.intersection(extras):
+        image_u8 = None  # a whole slide's normalised image is 300 MB: kept only for the extras that read it
     if labels.shape != (height, width):
         raise RuntimeError(f"segmentation returned shape {labels.shape}, expected {(height, width)}")
     row["cells"] = int(labels.max()) if labels.size else 0
@@ -108,16 +120,75 @@ def process_image(
     t0 = time.perf_counter()
     write_labels(output, labels)
     timings[WRITE_STAGE] = time.perf_counter() - t0
+    if extras:
+        write_extras(path, output.parent, labels, image_u8, extras, cfg, row, timings)
+
+
+def check_extras(names: Collection[str]) -> None:
+    """ValueError naming any extra output that `EXTRA_SUFFIXES` does not know."""
+    unknown = set(names) - set(EXTRA_SUFFIXES)
+    if unknown:
+        raise ValueError(f"unknown extra output(s) {', '.join(sorted(unknown))}; known: {', '.join(EXTRA_SUFFIXES)}")
+
+
+def write_extras(
+    source: Path,
+    folder: Path,
+    labels: np.ndarray,
+    image_u8: np.ndarray | None,
+    names: Collection[str],
+    cfg: InferenceConfig,
+    row: dict[str, Any],
+    timings: dict[str, float],
+) -> list[str]:
+    """Write the requested extras of one image into `folder`, in `EXTRA_SUFFIXES` order; return the failures.
+
+    Each extra is caught on its own: a failure becomes one "<file>: <reason>" entry (also in row["message"]) and
+    the others are still written. row["extras"] names the files written; `measure` adds the cell count and median
+    area and diameter to `row`; `timings` gets one stage per extra (the cell outlines are traced once, by the
+    first of rois and geojson).
+    """
+    check_extras(names)
+    written: list[str] = []
+    failures: list[str] = []
+    polygons: list[extra_outputs.CellPolygon] | None = None
+    for name in (n for n in EXTRA_SUFFIXES if n in names):
+        target = folder / output_name(source, EXTRA_SUFFIXES[name])
+        t0 = time.perf_counter()
+        try:
+            if name == "overlay":
+                picture = extra_outputs.overlay(labels, image_u8, cfg.overlay_max_side)
+                write_atomic(target, partial(extra_outputs.write_png, picture=picture))
+            elif name == "measure":
+                table = extra_outputs.measure(labels, image_u8)
+                write_atomic(target, partial(extra_outputs.write_csv, table=table))
+                row.update(extra_outputs.summary(table))
+            else:
+                polygons = extra_outputs.cell_polygons(labels) if polygons is None else polygons
+                encode = extra_outputs.write_roi_zip if name == "rois" else extra_outputs.write_geojson
+                write_atomic(target, partial(encode, polygons=polygons))
+        except Exception as exc:  # an extra never costs the label file or the other extras; it is reported
+            failures.append(f"{target.name}: {type(exc).__name__}: {exc}")
+        else:
+            written.append(target.name)
+        timings[name] = time.perf_counter() - t0
+    row["extras"] = " ".join(written)
+    if failures:
+        row["message"] = "; ".join(failures)
+    row["_extra_failures"] = failures
+    return failures
 
 
 def stage_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Per-stage CSV columns: the pipeline's own stages, those segment() reported (first-seen order), write."""
+    """Per-stage CSV columns: the pipeline's own stages, those segment() reported (first-seen order), write, then
+    the extras written."""
     seen: list[str] = []
     for row in rows:
         for key in row.get("_stages", {}):
-            if key not in seen and key not in OWN_STAGES and key != WRITE_STAGE:
+            if key not in seen and key not in OWN_STAGES and key != WRITE_STAGE and key not in EXTRA_SUFFIXES:
                 seen.append(key)
-    return [f"{k}_s" for k in (*OWN_STAGES, *seen, WRITE_STAGE)]
+    extras = [k for k in EXTRA_SUFFIXES if any(k in row.get("_stages", {}) for row in rows)]
+    return [f"{k}_s" for k in (*OWN_STAGES, *seen, WRITE_STAGE, *extras)]
 
 
 def report_csv(rows: list[dict[str, Any]]) -> str:
@@ -147,14 +218,23 @@ def size_text(row: dict[str, Any]) -> str:
     return f"diameter {row['diameter']:g} px ({row['size_source']})  "
 
 
+def cells_text(row: dict[str, Any]) -> str:
+    """"143 cells", with "(median area 412 px, diameter 22.9 px)" when they were measured (--measure)."""
+    text = f"{row['cells']} cells"
+    if row.get("median_area") not in (None, ""):
+        text += f" (median area {row['median_area']:g} px, diameter {row['median_diameter']:g} px)"
+    return text
+
+
 def log_line(row: dict[str, Any]) -> str:
     """The one line printed per image."""
     if row["status"] != "ok":
         return f"FAILED {row['message']}"
+    extras = f" + {row['extras']}" if row.get("extras") else ""
     return (
-        f"{row['image']}  {row['height']}x{row['width']}  {size_text(row)}{row['scales_desc']}  {row['cells']} cells  "
+        f"{row['image']}  {row['height']}x{row['width']}  {size_text(row)}{row['scales_desc']}  {cells_text(row)}  "
         f"{row['seconds']:.2f} s (+{row['startup_s']:.2f} s start-up)  tolerance {row['tolerance_s']:.1f} s  "
-        f"penalised {row['penalised_s']:.2f} s  -> {row['output']}"
+        f"penalised {row['penalised_s']:.2f} s  -> {row['output']}{extras}"
     )
 
 
@@ -165,15 +245,21 @@ def run_folder(
     cfg: InferenceConfig,
     report: Path | str | None = None,
     *,
+    extras: Collection[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Segment every image of `input_dir` into `output_dir`; return the exit code (0 all written, 1 some failed).
+    """Segment every image of `input_dir` into `output_dir`; return the exit code (0 all written, 1 some image or
+    requested extra failed). `extras`: names of `EXTRA_SUFFIXES` to write beside each label file.
 
-    Raises `SetupError` for folder problems and `app.errors.ModelError` for a model that cannot be used,
-    both before any image is processed.
+    Raises `SetupError` for folder problems, unknown extras and `app.errors.ModelError` for a model that cannot
+    be used, all before any image is processed.
     """
     say = echo or (lambda line: tqdm.write(line, file=sys.stdout))
     warn = echo or (lambda line: tqdm.write(line, file=sys.stderr))
+    try:
+        check_extras(extras)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
     input_dir, output_dir = check_folders(input_dir, output_dir)
     report_path = Path(report) if report is not None else None
     if report_path is not None:
@@ -205,7 +291,7 @@ def run_folder(
 
     rows: list[dict[str, Any]] = []
     claimed: dict[str, str] = {}
-    failed = 0
+    failed = extras_failed = 0
     try:
         for path in tqdm(images, disable=None, file=sys.stderr, unit="image", leave=False):
             name = output_name(path)
@@ -216,7 +302,7 @@ def run_folder(
                 if name in claimed:
                     raise InputError(path, f"output name {name} is already taken by {claimed[name]}; not overwriting")
                 claimed[name] = path.name
-                process_image(path, output_dir / name, runner, planner, cfg, row, timings)
+                process_image(path, output_dir / name, runner, planner, cfg, row, timings, extras)
             except InputError as exc:
                 row.update(status="error", message=str(exc), output="")
             except Exception as exc:  # one image's failure must not stop the others; it is reported, not hidden
@@ -232,6 +318,9 @@ def run_folder(
                     penalised_s=penalised(seconds + startup, h, w),
                 )
                 say(log_line(row))
+                for failure in row.get("_extra_failures", ()):
+                    warn(f"FAILED {failure}")
+                extras_failed += len(row.get("_extra_failures", ()))
             else:
                 failed += 1
                 row["seconds"] = seconds
@@ -243,8 +332,9 @@ def run_folder(
         if report_path is not None:
             write_text(report_path, report_csv(rows))
     ok = len(rows) - failed
-    warn(f"{ok} of {len(rows)} image(s) written to {output_dir}" + (f"; {failed} failed" if failed else ""))
-    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+    warn(f"{ok} of {len(rows)} image(s) written to {output_dir}" + (f"; {failed} failed" if failed else "")
+         + (f"; {extras_failed} extra file(s) failed" if extras_failed else ""))
+    return EXIT_IMAGE_FAILED if failed or extras_failed else EXIT_OK
 
 
-__all__ = ["SetupError", "check_folders", "process_image", "report_csv", "run_folder"]
+__all__ = ["SetupError", "check_folders", "process_image", "report_csv", "run_folder", "write_extras"]

@@ -1,4 +1,4 @@
-"""Output names and atomic writing of label TIFFs (and of small text files such as the CSV report).
+"""Output names and atomic writing of label TIFFs (and of other files: the CSV report, the optional extras).
 
 Every file is written under a hidden temporary name in its destination folder and then renamed over the
 final name, so a reader (or the challenge's evaluation) never sees a half-written file and a failure leaves
@@ -22,9 +22,10 @@ UINT32_LABELS = np.iinfo(np.uint32).max
 TEMP_SUFFIX = ".tmp"
 
 
-def output_name(path: Path | str) -> str:
-    """The challenge's output name: the input name up to its first dot, plus "_label.tiff"."""
-    return Path(path).name.split(".", 1)[0] + CHALLENGE.output_suffix
+def output_name(path: Path | str, suffix: str = CHALLENGE.output_suffix) -> str:
+    """The challenge's output name: the input name up to its first dot, plus "_label.tiff" (or another suffix,
+    for the optional outputs beside it, `app.config.EXTRA_SUFFIXES`)."""
+    return Path(path).name.split(".", 1)[0] + suffix
 
 
 def label_dtype(max_label: int) -> np.dtype:

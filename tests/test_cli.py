@@ -65,7 +65,7 @@ def test_every_config_field_is_an_option() -> None:
     options = {opt for param in cli.commands["predict"].params for opt in param.opts}
     for field in fields(InferenceConfig):
         assert f"--{field.name.replace('_', '-')}" in options, field.name
-    assert {"--input", "--output", "--model", "--report"} <= options
+    assert {"--input", "--output", "--model", "--report", "--overlay", "--rois", "--geojson", "--measure"} <= options
 
 
 def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) -> None:
@@ -85,6 +85,22 @@ def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) 
     assert not tifffile.imread(out / "cell_00001_label.tiff").any()
     result = CliRunner().invoke(cli, [*args, "--scales", "big"])
     assert result.exit_code == 2 and "comma-separated list of numbers" in result.output
+
+
+def test_extra_options_write_their_files(tmp_path: Path, inputs: Path, model: Path) -> None:
+    (inputs / "cell_00002.tif").unlink()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["predict", "--input", str(inputs), "--output", str(out), "--model", str(model), *FAST,
+              "--overlay", "--rois", "--geojson", "--measure", "--overlay-max-side", "100"],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cell_00001.geojson", "cell_00001_cells.csv", "cell_00001_label.tiff", "cell_00001_overlay.png",
+        "cell_00001_rois.zip",
+    ]
+    assert iio.imread(out / "cell_00001_overlay.png").shape == (60, 75, 3)  # 120 x 150 drawn at step 2
+    assert "(median area" in result.stdout
 
 
 @pytest.mark.parametrize(

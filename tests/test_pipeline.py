@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from app.config import InferenceConfig
+from app.config import EXTRA_SUFFIXES, InferenceConfig
 from app.errors import ModelError
 from app.pipeline import SetupError, run_folder
 from tests.onnx_models import contract_model, disc_image
@@ -171,3 +171,61 @@ def test_empty_folder_is_not_an_error(tmp_path: Path, model: Path) -> None:
     assert code == 0
     assert any("no images" in line for line in lines)
     assert (out / "report.csv").read_text().startswith("image,output,status")
+
+
+def test_extras_are_written_beside_label_files_that_stay_byte_identical(tmp_path: Path, model: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    iio.imwrite(src / "gray8.png", _discs())
+    assert _run(tmp_path, model)[0] == 0
+    plain = (tmp_path / "out" / "gray8_label.tiff").read_bytes()
+    lines: list[str] = []
+    out = tmp_path / "extra"
+    code = run_folder(src, out, model, CFG, out / "report.csv", extras=list(EXTRA_SUFFIXES), echo=lines.append)
+
+    assert code == 0, lines
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gray8.geojson", "gray8_cells.csv", "gray8_label.tiff", "gray8_overlay.png", "gray8_rois.zip", "report.csv"
+    ]
+    assert (out / "gray8_label.tiff").read_bytes() == plain
+    labels = tifffile.imread(out / "gray8_label.tiff")
+    with open(out / "gray8_cells.csv", newline="") as handle:
+        cells = list(csv.DictReader(handle))
+    assert [int(c["area"]) for c in cells] == np.bincount(labels.ravel())[1:].tolist() and len(cells) == len(CENTRES)
+    assert iio.imread(out / "gray8_overlay.png").shape == (*SHAPE, 3)
+    (line,) = [line for line in lines if line.startswith("gray8.png")]
+    median = np.median(np.bincount(labels.ravel())[1:])
+    assert f"4 cells (median area {median:g} px, diameter " in line
+    assert line.endswith("-> gray8_label.tiff + gray8_overlay.png gray8_rois.zip gray8.geojson gray8_cells.csv")
+    row = _report(out)["gray8.png"]
+    assert row["extras"] == "gray8_overlay.png gray8_rois.zip gray8.geojson gray8_cells.csv"
+    assert float(row["median_area"]) == median and float(row["median_diameter"]) > 0
+    assert all(float(row[f"{name}_s"]) > 0 for name in EXTRA_SUFFIXES)
+
+
+def test_a_failed_extra_keeps_the_label_file_and_exits_1(tmp_path: Path, model: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    iio.imwrite(src / "gray8.png", _discs())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gray8_overlay.png").mkdir()  # the overlay cannot be written
+    lines: list[str] = []
+    code = run_folder(src, out, model, CFG, out / "report.csv", extras=["overlay", "measure"], echo=lines.append)
+
+    assert code == 1
+    assert _count(out / "gray8_label.tiff") == len(CENTRES)
+    assert (out / "gray8_cells.csv").is_file()
+    failed = [line for line in lines if line.startswith("FAILED")]
+    assert len(failed) == 1 and failed[0].startswith("FAILED gray8_overlay.png: IsADirectoryError"), lines
+    assert lines[-1].endswith("1 of 1 image(s) written to " + str(out) + "; 1 extra file(s) failed")
+    row = _report(out)["gray8.png"]
+    assert row["status"] == "ok" and row["message"].startswith("gray8_overlay.png: IsADirectoryError")
+    assert row["extras"] == "gray8_cells.csv"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_unknown_extra_fails_before_the_model_loads(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(SetupError, match="unknown extra output"):
+        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG, extras=["pdf"], echo=print)
