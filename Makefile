@@ -15,8 +15,9 @@ $(VENV)/.app-installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.dev-installed: requirements.txt training/requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-installed: requirements.txt training/requirements.txt requirements-dev.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@ $(VENV)/.app-installed
 
 # Docker engine and debootstrap for the container test (Debian/Ubuntu, as root).
@@ -31,7 +32,10 @@ system-deps:
 demo: $(VENV)/.app-installed
 	$(BIN)/python -m app predict --input $(INPUT) --output $(OUTPUT) --report $(OUTPUT)/timing.csv
 
+# Lint and type checks (configured in pyproject.toml), then the test suite.
 test: system-deps $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 clean:

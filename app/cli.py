@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Callable
 
 import click
 
@@ -31,7 +32,7 @@ class NumberList(click.ParamType):
 
     name = "LIST"
 
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
         try:
@@ -49,7 +50,7 @@ def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def config_options(command):  # type: ignore[no-untyped-def]
+def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate `command` with `--<field>` for every InferenceConfig field (types taken from the defaults)."""
     from dataclasses import fields
 
@@ -96,7 +97,8 @@ def default_model() -> str:
               help=f"Also write <name>{EXTRA_SUFFIXES['measure']}: area, centroid, box, diameter, eccentricity and "
                    "mean intensities per cell; the log line adds median area and diameter.")
 @config_options
-def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool, **options) -> None:  # type: ignore[no-untyped-def]
+def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool,
+            **options: Any) -> None:
     """Segment every image of --input into one instance-label TIFF per image in --output.
 
     Exit code 0 when every image (and every extra asked for) was written, 1 when any image or extra failed, 2
@@ -135,10 +137,12 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
 def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
     """Score predicted <name>_label.tiff files with the challenge F1; the mean F1 is the last line."""
     import csv
+    import io
     from pathlib import Path
 
     from app.errors import InputError
-    from app.metric import evaluate_folders, mean_f1
+    from app.metric import SCORE_HEADER, evaluate_folders, score_report, score_rows
+    from app.writer import write_text
 
     try:
         results = evaluate_folders(Path(gt_dir), Path(pred_dir))
@@ -146,23 +150,14 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     if not results:
         raise click.ClickException(f"no *_label.tiff ground-truth files in {gt_dir}")
-    header = ["image", "tp", "fp", "fn", "precision", "recall", "f1", "note"]
-    rows = [
-        [name, s.tp, s.fp, s.fn, f"{s.precision:.4f}", f"{s.recall:.4f}", f"{s.f1:.4f}",
-         "missing prediction" if s.missing else ""]
-        for name, s in results
-    ]
-    width = max(len(header[0]), *(len(r[0]) for r in rows))
-    click.echo(f"{header[0]:<{width}}  {'tp':>6} {'fp':>6} {'fn':>6} {'prec':>7} {'recall':>7} {'f1':>7}")
-    for r in rows:
-        click.echo(f"{r[0]:<{width}}  {r[1]:>6} {r[2]:>6} {r[3]:>6} {r[4]:>7} {r[5]:>7} {r[6]:>7}  {r[7]}".rstrip())
+    lines = score_report(results)
+    for line in lines[:-1]:
+        click.echo(line)
     if csv_path:
-        with open(csv_path, "w", newline="") as handle:
-            csv.writer(handle).writerows([header, *rows])
-    missing = sum(s.missing for _, s in results)
-    if missing:
-        click.echo(f"{missing} of {len(results)} predictions missing (scored as all false negatives)")
-    click.echo(f"mean F1: {mean_f1(results):.4f} over {len(results)} images")
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([SCORE_HEADER, *score_rows(results)])
+        write_text(csv_path, buffer.getvalue())
+    click.echo(lines[-1])
 
 
 # --- tune --------------------------------------------------------------------------------------------------------
@@ -172,7 +167,8 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="Labelled images in the challenge layout: images/ and labels/<name>_label.tiff.")
 @click.option("--model", default=None, help="Weights folder or ONNX file. [default: as for predict]")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most this many images (sorted by name).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use at most this many images (sorted by name).")
 @click.option("--write", is_flag=True, help="Store the best thresholds in the weights folder's manifest.json.")
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu.")
 @click.option("--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: its default).")
@@ -198,14 +194,15 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     from app.config import InferenceConfig
     from app.errors import ModelError
     from app.manifest import manifest_beside, postprocess_settings, store_postprocess
+    from app.reader import labelled_pairs
     from app.runner import ModelRunner, resolve_model
-    from app.tune import candidate_settings, collect_scores, current_settings, labelled_pairs, rank
+    from app.tune import candidate_settings, collect_scores, current_settings, rank, trials_table
 
     data, model_path = Path(data_dir), Path(model or default_model())
     for sub in ("images", "labels"):
         if not (data / sub).is_dir():
             raise click.ClickException(f"{data} has no {sub}/ folder (expected images/ and labels/<name>_label.tiff)")
-    pairs = labelled_pairs(data / "images", data / "labels")[:limit]
+    pairs = labelled_pairs(data / "images", data / "labels")[0][:limit]
     if not pairs:
         raise click.ClickException(f"no image in {data / 'images'} has a label file in {data / 'labels'}")
     try:
@@ -225,14 +222,8 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     if not scored:
         raise click.ClickException("no usable labelled image")
     trials = rank(candidates, scored)
-    reference = current_settings(base)
-    click.echo(f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}")
-    shown = trials[:10] + [t for t in trials[10:] if t.settings == reference]
-    for trial in shown:
-        s = trial.settings
-        mark = "  (MT2's defaults)" if s == reference else ""
-        click.echo(f"{s['flips']:>5} {s['fusion']:>6} {s['cell_threshold']:>7g} {s['seed_threshold']:>7g} "
-                   f"{s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
+    for line in trials_table(trials, current_settings(base)):
+        click.echo(line)
     best = trials[0]
     click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in best.settings.items())
                + f" (mean F1 {best.f1:.4f} over {len(scored)} images)")
@@ -241,7 +232,9 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         if not manifest.is_file():
             raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the settings in")
         note = f"{len(scored)} images of {data.name}, mean F1 {best.f1:.4f}"
-        chosen = {**best.settings, "target_diameter": cfg.target_diameter} if scale_mode == "adaptive" else best.settings
+        chosen = best.settings
+        if scale_mode == "adaptive":
+            chosen = {**best.settings, "target_diameter": cfg.target_diameter}
         click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note)}")
 
 
@@ -250,9 +243,12 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--image", default="mt2:latest", show_default=True, help="Docker image to time.")
-@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of images.")
-@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False), help="Folder for the label files.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Write the organisers' CSV here.")
+@click.option("--input", "input_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of images.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the label files.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the organisers' CSV here.")
 @click.argument("docker_args", nargs=-1, type=click.UNPROCESSED)
 def timing(image: str, input_dir: str, output_dir: str, csv_path: str | None, docker_args: tuple[str, ...]) -> None:
     """Time --image with the challenge protocol: one container run per image, each image alone.
@@ -260,7 +256,11 @@ def timing(image: str, input_dir: str, output_dir: str, csv_path: str | None, do
     Arguments after `--` go to `docker container run` (e.g. `-- --gpus device=0`). Exit code 1 when any
     image produced no label file.
     """
-    from app.protocol import DockerMissing, run_line, run_protocol, summary, write_csv
+    try:
+        from app.protocol import DockerMissing, run_line, run_protocol, summary, write_csv
+    except ModuleNotFoundError as exc:  # the container image leaves the host-side tool out
+        raise click.ClickException("the timing command runs on the host, where it starts the container; "
+                                   "this installation does not include it") from exc
 
     try:
         runs = run_protocol(image, input_dir, output_dir, docker_args, on_run=lambda run: click.echo(run_line(run)))

@@ -65,7 +65,11 @@ class InferenceConfig:
     adaptive_spread: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "adaptive scales, as factors of target / diameter")
     adaptive_scale_range: tuple[float, ...] = _opt((0.25, 4.0), "adaptive scales are clipped to [low, high]")
     estimate_side: int = _opt(512, "side (px, as the model sees it) of the central crop of the diameter estimate")
-    estimate_passes: int = _opt(2, "diameter estimate passes at most (the second at the scale the first suggests)")
+    estimate_first_scales: tuple[float, ...] = _opt((0.5, 1.0, 2.0), "scales of the estimate's first look, tried "
+                                                    "in order until one finds objects: coarse first, because cells "
+                                                    "seen too large split into pieces that pass for small cells")
+    estimate_passes: int = _opt(3, "diameter estimate passes at most (first looks, then a look at the scale the "
+                                "last one suggests)")
     estimate_refine_ratio: float = _opt(1.5, "a further estimate pass runs only when its scale differs by more "
                                         "than this factor")
     estimate_min_objects: int = _opt(3, "fewer objects than this in the estimate crop fall back to fixed scales")
@@ -103,6 +107,8 @@ class InferenceConfig:
             raise ValueError("adaptive_scale_range needs two values 0 < low <= high")
         if not self.adaptive_spread or min(self.adaptive_spread) <= 0:
             raise ValueError("adaptive_spread needs positive factors")
+        if not self.estimate_first_scales or min(self.estimate_first_scales) <= 0:
+            raise ValueError("estimate_first_scales needs positive scales")
         if self.overlay_max_side < 0:
             raise ValueError("overlay_max_side must be >= 0")
 

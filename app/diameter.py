@@ -1,14 +1,17 @@
 """Typical object size of an image and the scales that show its objects to the model at its trained size.
 
 A fixed scale per modality (MT2's 1.5 for fluorescence, 0.8/1.0/1.2 otherwise) is right only for images
-whose cells happen to be the size of the training cells. In adaptive mode a quick first pass finds the
-objects instead: the model runs once, without flipped views, on a central crop of about
-`cfg.estimate_side` pixels as the model sees it (one window), the crop is post-processed, and the median
-equivalent diameter of the objects not touching the crop's border is the estimate. When that estimate is
-far from `cfg.target_diameter`, a second pass looks again at the scale the first suggests (tiny cells merge
-and huge ones split at a wrong scale, so the second look is the better one). The image's scales are then
-`cfg.adaptive_spread` around target / diameter. A diameter given by the user (`--diameter`, Cellpose's
-convention) skips the passes; too few objects fall back to the fixed scales.
+whose cells happen to be the size of the training cells. In adaptive mode quick passes find the objects
+instead: the model runs without flipped views on a central crop of about `cfg.estimate_side` pixels as the
+model sees it (one window), the crop is post-processed, and the median equivalent diameter of the objects not
+touching the crop's border is the estimate. The first look is coarse (`cfg.estimate_first_scales`, 0.5×
+first): a whole phase-contrast cell of 70 px seen at full size splits into pieces of about 20 px that pass for
+small cells, so an estimate started there confirms its own mistake, while small nuclei seen too small are
+simply not found and the next first scale looks closer. When the estimate is far from `cfg.target_diameter`,
+a further pass looks again at the scale it suggests (tiny cells merge and huge ones split at a wrong scale, so
+the later look is the better one). The image's scales are then `cfg.adaptive_spread` around target /
+diameter. A diameter given by the user (`--diameter`, Cellpose's convention) skips the passes; too few objects
+fall back to the fixed scales.
 """
 
 from __future__ import annotations
@@ -68,17 +71,28 @@ def clip_scale(scale: float, cfg: InferenceConfig) -> float:
     return float(min(max(scale, low), high))
 
 
+def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) -> tuple[float | None, int]:
+    """One single-view pass at `scale` on a central crop of one window: (median diameter in px of the image, or
+    None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
+    crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
+    cell, boundary = predict_maps(crop, runner, (scale,), cfg, cfg.stride, flips=1)
+    return median_diameter(instance_map(cell, boundary, cfg), cfg.estimate_min_objects)
+
+
 def estimate_diameter(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig) -> SizeEstimate:
-    """Median object diameter of an image from up to `cfg.estimate_passes` single-view passes on a crop."""
+    """Median object diameter of an image from up to `cfg.estimate_passes` looks: the first scales in order
+    until one finds objects, then at the scale the latest estimate suggests until it stops moving."""
     started = time.perf_counter()
-    scale, best, count, passes = 1.0, None, 0, 0
-    for _ in range(max(1, cfg.estimate_passes)):
-        crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
-        cell, boundary = predict_maps(crop, runner, (scale,), cfg, cfg.stride, flips=1)
-        found, n = median_diameter(instance_map(cell, boundary, cfg), cfg.estimate_min_objects)
+    first = list(cfg.estimate_first_scales)
+    scale, best, count, passes = first.pop(0), None, 0, 0
+    while passes < max(1, cfg.estimate_passes):
+        found, n = look(image_u8, runner, scale, cfg)
         passes += 1
         if found is None:
-            break
+            if best is not None or not first:
+                break  # a refining look that finds nothing keeps the estimate before it
+            scale = first.pop(0)
+            continue
         best, count = found, n
         wanted = clip_scale(cfg.target_diameter / found, cfg)
         if abs(math.log(wanted / scale)) <= math.log(cfg.estimate_refine_ratio):
@@ -126,6 +140,7 @@ __all__ = [
     "choose_scales",
     "equivalent_diameters",
     "estimate_diameter",
+    "look",
     "median_diameter",
     "size_estimate",
 ]

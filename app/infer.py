@@ -18,35 +18,29 @@ this project's 2-core benchmark machine it is 3-10x faster than `scipy.ndimage.z
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
 from app.config import FLIP_AXES, FUSIONS, InferenceConfig, check_choice
 from app.errors import ModelError
-from app.tiling import window_grid, window_starts
+from app.tiling import scaled_size, window_grid, window_starts
+from app.timing import timed
 
 # Output rows interpolated per block by `resize_bilinear`: bounds its float32 temporaries.
 RESIZE_BLOCK_ROWS = 128
 
 
 class Runner(Protocol):
-    """What inference needs from a model: `ModelRunner` and the training adapter both provide it."""
+    """What inference and the planner need from a model (`app.runner.ModelRunner`, the trainer's
+    `TorchRunner`): `run` maps an N×3×H×W float32 batch to (cls, cell, boundary) float32 arrays;
+    `provider` names where it runs (the planner probes CPUs and GPUs differently); `input_hw` is the fixed
+    input size of a model that has one, else None."""
+
+    provider: str
+    input_hw: tuple[int, int] | None
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-@contextmanager
-def _timed(timings: dict[str, float] | None, key: str) -> Iterator[None]:
-    """Add the seconds spent in the block to `timings[key]` (no-op when timings is None)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if timings is not None:
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 def _source_positions(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,7 +125,7 @@ def _window_maps(
     """Cell and boundary maps (float32, the size of `scaled`) from overlapping windows of an already scaled image."""
     window = cfg.window
     h, w = scaled.shape[:2]
-    with _timed(timings, "fuse"):
+    with timed(timings, "fuse"):
         ph, pw = max(h, window), max(w, window)
         if (ph, pw) != (h, w):
             scaled = np.pad(scaled, ((0, ph - h), (0, pw - w), (0, 0)))
@@ -142,18 +136,18 @@ def _window_maps(
         weight = np.outer(profile, profile)
     for first in range(0, len(corners), cfg.batch_size):
         group = corners[first : first + cfg.batch_size]
-        with _timed(timings, "fuse"):
+        with timed(timings, "fuse"):
             batch = np.empty((len(group), 3, window, window), np.float32)
             for i, (y, x) in enumerate(group):  # uint8 -> float32 in [0, 1] in one pass per window
                 crop = scaled[y : y + window, x : x + window].transpose(2, 0, 1)
                 np.multiply(crop, np.float32(1.0 / 255.0), out=batch[i], dtype=np.float32)
-        with _timed(timings, "model"):
+        with timed(timings, "model"):
             _, cell_out, boundary_out = runner.run(batch)
-        with _timed(timings, "fuse"):
+        with timed(timings, "fuse"):
             for i, (y, x) in enumerate(group):
                 cell[y : y + window, x : x + window] += cell_out[i, 0] * weight
                 boundary[y : y + window, x : x + window] += boundary_out[i, 0] * weight
-    with _timed(timings, "fuse"):
+    with timed(timings, "fuse"):
         inverse = 1.0 / (
             _coverage(ph, window, stride, profile)[:h, None] * _coverage(pw, window, stride, profile)[None, :w]
         )
@@ -178,18 +172,18 @@ def scale_views(
     window, stride = cfg.window, stride or cfg.stride
     _check_inputs(image_u8, scale, window, stride)
     check_choice("flips", flips, FLIP_AXES)
-    fixed = getattr(runner, "input_hw", None)
+    fixed = runner.input_hw
     if fixed is not None and tuple(fixed) != (window, window):
         raise ModelError(f"model takes fixed {fixed[0]}×{fixed[1]} inputs but the window is {window}×{window}")
     height, width = image_u8.shape[:2]
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    with _timed(timings, "resize"):
+    h, w = scaled_size(height, scale), scaled_size(width, scale)
+    with timed(timings, "resize"):
         scaled = resize_bilinear(image_u8, h, w)
     for axes in FLIP_AXES[flips]:
         cell, boundary = _window_maps(np.flip(scaled, axes) if axes else scaled, runner, cfg, stride, timings)
         if axes:
             cell, boundary = np.flip(cell, axes), np.flip(boundary, axes)
-        with _timed(timings, "resize"):
+        with timed(timings, "resize"):
             yield resize_bilinear(cell, height, width), resize_bilinear(boundary, height, width)
 
 
@@ -210,7 +204,7 @@ def fuse(
     cell = boundary = None
     count = 0
     for cell_i, boundary_i in maps:
-        with _timed(timings, "fuse"):
+        with timed(timings, "fuse"):
             if cell is None or boundary is None:
                 cell = np.asarray(cell_i, np.float32) if owned else np.array(cell_i, np.float32)
                 boundary = np.asarray(boundary_i, np.float32) if owned else np.array(boundary_i, np.float32)

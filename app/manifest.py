@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from app.config import CONTRACT, MANIFEST_FIELDS, InferenceConfig
 from app.errors import ModelError
+from app.writer import write_text
 
 MANIFEST_VERSION = 1
 POSTPROCESS_NOTE = "tuned_on"  # free text beside the tuned values: which images, which F1
@@ -59,11 +59,7 @@ def write_manifest(
             entry.update(file_entry(directory / name))
         files[name] = entry
     data = {"manifest_version": MANIFEST_VERSION, **dict(meta or {}), "files": files}
-    target = directory / CONTRACT.manifest_file
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, target)
-    return target
+    return write_text(directory / CONTRACT.manifest_file, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:

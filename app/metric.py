@@ -239,7 +239,35 @@ def mean_f1(results: Iterable[Scores | tuple[str, Scores]]) -> float:
     return float(np.mean(f1s)) if f1s else 0.0
 
 
+SCORE_HEADER = ("image", "tp", "fp", "fn", "precision", "recall", "f1", "note")
+
+
+def score_rows(results: list[tuple[str, Scores]]) -> list[list[str]]:
+    """One row of strings per scored image, in `SCORE_HEADER`'s order (the CSV of `app evaluate`)."""
+    return [
+        [name, str(s.tp), str(s.fp), str(s.fn), f"{s.precision:.4f}", f"{s.recall:.4f}", f"{s.f1:.4f}",
+         "missing prediction" if s.missing else ""]
+        for name, s in results
+    ]
+
+
+def score_report(results: list[tuple[str, Scores]]) -> list[str]:
+    """The lines `app evaluate` prints: a table of the images, the count of missing predictions (when any) and
+    the mean F1 last."""
+    rows = score_rows(results)
+    width = max(len(SCORE_HEADER[0]), *(len(r[0]) for r in rows))
+    lines = [f"{SCORE_HEADER[0]:<{width}}  {'tp':>6} {'fp':>6} {'fn':>6} {'prec':>7} {'recall':>7} {'f1':>7}"]
+    lines += [f"{r[0]:<{width}}  {r[1]:>6} {r[2]:>6} {r[3]:>6} {r[4]:>7} {r[5]:>7} {r[6]:>7}  {r[7]}".rstrip()
+              for r in rows]
+    missing = sum(s.missing for _, s in results)
+    if missing:
+        lines.append(f"{missing} of {len(results)} predictions missing (scored as all false negatives)")
+    lines.append(f"mean F1: {mean_f1(results):.4f} over {len(results)} images")
+    return lines
+
+
 __all__ = [
+    "SCORE_HEADER",
     "Scores",
     "evaluate_folders",
     "image_f1",
@@ -248,6 +276,8 @@ __all__ = [
     "mean_f1",
     "overlap_pairs",
     "read_labels",
+    "score_report",
+    "score_rows",
     "relabel",
     "remove_border_cells",
 ]

@@ -125,7 +125,7 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     out = np.zeros((height, width, 3), np.uint8)
     rows = max(1, CHUNK_PIXELS // max(1, width))
     exact32 = rgb.dtype.itemsize <= 2 or rgb.dtype == np.float32
-    work = np.float32 if exact32 else np.float64
+    work: type[np.floating] = np.float32 if exact32 else np.float64
     for c in range(3):
         channel = rgb[..., c]
         bounds = channel_range(channel, cfg)

@@ -31,14 +31,15 @@ from tqdm import tqdm
 
 from app import extras as extra_outputs
 from app.config import CHALLENGE, EXTRA_SUFFIXES, InferenceConfig
+from app.diameter import choose_scales, size_estimate
 from app.errors import InputError
 from app.normalize import is_fluorescence, normalize, to_rgb
-from app.diameter import choose_scales, size_estimate
 from app.plan import Planner, describe
 from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
 from app.segment import segment
-from app.timing import penalised, process_age, tolerance
+from app.timing import process_age, timed
+from app.tolerance import penalised, tolerance
 from app.writer import output_name, write_atomic, write_labels, write_text
 
 EXIT_OK = 0
@@ -49,7 +50,8 @@ WRITE_STAGE = "write"
 # The columns of --measure and the extras come last, so every earlier column keeps its place.
 REPORT_COLUMNS = (
     "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence",
-    "diameter", "size_source", "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s", "penalised_s",
+    "diameter", "size_source", "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s",
+    "penalised_s",
     "median_area", "median_diameter", "extras",
 )
 
@@ -85,19 +87,17 @@ def process_image(
 ) -> None:
     """Read → to_rgb → normalise → plan → segment → write one image, filling `row` and `timings` as it goes;
     then the requested `extras` (names of `EXTRA_SUFFIXES`) beside the label file (`write_extras`)."""
-    t0 = time.perf_counter()
-    image = read_image(path, cfg.max_pixels)
-    timings["read"] = time.perf_counter() - t0
+    with timed(timings, "read"):
+        image = read_image(path, cfg.max_pixels)
     height, width = image.shape[:2]
     row.update(height=height, width=width, channels=image.shape[2], dtype=str(image.dtype))
 
-    t0 = time.perf_counter()
-    rgb = to_rgb(image)
-    del image
-    image_u8 = normalize(rgb, cfg)
-    del rgb
-    fluorescence = is_fluorescence(image_u8, cfg)
-    timings["normalise"] = time.perf_counter() - t0
+    with timed(timings, "normalise"):
+        rgb = to_rgb(image)
+        del image
+        image_u8 = normalize(rgb, cfg)
+        del rgb
+        fluorescence = is_fluorescence(image_u8, cfg)
     row["fluorescence"] = fluorescence
 
     t0 = time.perf_counter()
@@ -111,17 +111,17 @@ def process_image(
                plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
     labels = segment(image_u8, runner, plan, cfg, timings)
-    if not extra_outputs.NEEDS_IMAGE.intersection(extras):
-        image_u8 = None  # a whole slide's normalised image is 300 MB: kept only for the extras that read it
+    # A whole slide's normalised image is 300 MB: kept only for the extras that read it.
+    kept = image_u8 if extra_outputs.NEEDS_IMAGE.intersection(extras) else None
+    del image_u8
     if labels.shape != (height, width):
         raise RuntimeError(f"segmentation returned shape {labels.shape}, expected {(height, width)}")
     row["cells"] = int(labels.max()) if labels.size else 0
 
-    t0 = time.perf_counter()
-    write_labels(output, labels)
-    timings[WRITE_STAGE] = time.perf_counter() - t0
+    with timed(timings, WRITE_STAGE):
+        write_labels(output, labels)
     if extras:
-        write_extras(path, output.parent, labels, image_u8, extras, cfg, row, timings)
+        write_extras(path, output.parent, labels, kept, extras, cfg, row, timings)
 
 
 def check_extras(names: Collection[str]) -> None:
@@ -129,6 +129,13 @@ def check_extras(names: Collection[str]) -> None:
     unknown = set(names) - set(EXTRA_SUFFIXES)
     if unknown:
         raise ValueError(f"unknown extra output(s) {', '.join(sorted(unknown))}; known: {', '.join(EXTRA_SUFFIXES)}")
+
+
+def _image_for(extra: str, image_u8: np.ndarray | None) -> np.ndarray:
+    """The normalised image an extra reads (`extra_outputs.NEEDS_IMAGE`); it must have been kept for it."""
+    if image_u8 is None:
+        raise ValueError(f"{extra} needs the normalised image, which was not kept")
+    return image_u8
 
 
 def write_extras(
@@ -154,24 +161,23 @@ def write_extras(
     polygons: list[extra_outputs.CellPolygon] | None = None
     for name in (n for n in EXTRA_SUFFIXES if n in names):
         target = folder / output_name(source, EXTRA_SUFFIXES[name])
-        t0 = time.perf_counter()
         try:
-            if name == "overlay":
-                picture = extra_outputs.overlay(labels, image_u8, cfg.overlay_max_side)
-                write_atomic(target, partial(extra_outputs.write_png, picture=picture))
-            elif name == "measure":
-                table = extra_outputs.measure(labels, image_u8)
-                write_atomic(target, partial(extra_outputs.write_csv, table=table))
-                row.update(extra_outputs.summary(table))
-            else:
-                polygons = extra_outputs.cell_polygons(labels) if polygons is None else polygons
-                encode = extra_outputs.write_roi_zip if name == "rois" else extra_outputs.write_geojson
-                write_atomic(target, partial(encode, polygons=polygons))
-        except Exception as exc:  # an extra never costs the label file or the other extras; it is reported
+            with timed(timings, name):
+                if name == "overlay":
+                    picture = extra_outputs.overlay(labels, _image_for(name, image_u8), cfg.overlay_max_side)
+                    write_atomic(target, partial(extra_outputs.write_png, picture=picture))
+                elif name == "measure":
+                    table = extra_outputs.measure(labels, _image_for(name, image_u8))
+                    write_atomic(target, partial(extra_outputs.write_csv, table=table))
+                    row.update(extra_outputs.summary(table))
+                else:
+                    polygons = extra_outputs.cell_polygons(labels) if polygons is None else polygons
+                    encode = extra_outputs.write_roi_zip if name == "rois" else extra_outputs.write_geojson
+                    write_atomic(target, partial(encode, polygons=polygons))
+        except Exception as exc:  # noqa: BLE001 - an extra never costs the label file or the others; reported
             failures.append(f"{target.name}: {type(exc).__name__}: {exc}")
         else:
             written.append(target.name)
-        timings[name] = time.perf_counter() - t0
     row["extras"] = " ".join(written)
     if failures:
         row["message"] = "; ".join(failures)
@@ -238,6 +244,75 @@ def log_line(row: dict[str, Any]) -> str:
     )
 
 
+def prepare_run(
+    input_dir: Path | str,
+    output_dir: Path | str,
+    report: Path | str | None,
+    extras: Collection[str],
+    warn: Callable[[str], None],
+) -> tuple[Path, Path, Path | None, list[Path]]:
+    """Everything checked before the model loads: the extras asked for, the folders, the report's folder, and
+    the input listing (skipped entries reported). Returns (input folder, output folder, report path, images);
+    raises `SetupError`."""
+    try:
+        check_extras(extras)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
+    inputs, outputs = check_folders(input_dir, output_dir)
+    report_path = Path(report) if report is not None else None
+    if report_path is not None:
+        try:
+            report_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"report folder {report_path.parent} cannot be created ({exc.strerror or exc})") from exc
+    try:
+        images, skipped = list_inputs(inputs)
+    except OSError as exc:
+        raise SetupError(f"input folder {inputs} cannot be listed ({exc.strerror or exc})") from exc
+    for entry in skipped:
+        warn(f"skipped {entry.name}: {skip_reason(entry)}")
+    if not images:
+        warn(f"no images in {inputs} (extensions read: {' '.join(CHALLENGE.image_extensions)})")
+    return inputs, outputs, report_path, images
+
+
+def run_image(
+    path: Path,
+    output_dir: Path,
+    runner: Any,
+    planner: Any,
+    cfg: InferenceConfig,
+    extras: Collection[str],
+    claimed: dict[str, str],
+    startup: float,
+) -> dict[str, Any]:
+    """`process_image` of one input with every failure caught: its report row, with the seconds, the
+    tolerance and (when written) the penalised time. `claimed` maps output names to the inputs that took them,
+    so two inputs never write the same file."""
+    name = output_name(path)
+    row: dict[str, Any] = {"image": path.name, "output": name, "status": "ok", "message": ""}
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        if name in claimed:
+            raise InputError(path, f"output name {name} is already taken by {claimed[name]}; not overwriting")
+        claimed[name] = path.name
+        process_image(path, output_dir / name, runner, planner, cfg, row, timings, extras)
+    except InputError as exc:
+        row.update(status="error", message=str(exc), output="")
+    except Exception as exc:  # noqa: BLE001 - one image must not stop the others; reported, not hidden
+        row.update(status="error", message=f"{path.name}: {type(exc).__name__}: {exc}", output="")
+    seconds = time.perf_counter() - t0
+    row["_stages"] = timings
+    row["seconds"] = seconds
+    if "height" in row:
+        h, w = row["height"], row["width"]
+        row["tolerance_s"] = tolerance(h, w)
+        if row["status"] == "ok":
+            row.update(startup_s=startup, penalised_s=penalised(seconds + startup, h, w))
+    return row
+
+
 def run_folder(
     input_dir: Path | str,
     output_dir: Path | str,
@@ -256,25 +331,7 @@ def run_folder(
     """
     say = echo or (lambda line: tqdm.write(line, file=sys.stdout))
     warn = echo or (lambda line: tqdm.write(line, file=sys.stderr))
-    try:
-        check_extras(extras)
-    except ValueError as exc:
-        raise SetupError(str(exc)) from exc
-    input_dir, output_dir = check_folders(input_dir, output_dir)
-    report_path = Path(report) if report is not None else None
-    if report_path is not None:
-        try:
-            report_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SetupError(f"report folder {report_path.parent} cannot be created ({exc.strerror or exc})") from exc
-    try:
-        images, skipped = list_inputs(input_dir)
-    except OSError as exc:
-        raise SetupError(f"input folder {input_dir} cannot be listed ({exc.strerror or exc})") from exc
-    for entry in skipped:
-        warn(f"skipped {entry.name}: {skip_reason(entry)}")
-    if not images:
-        warn(f"no images in {input_dir} (extensions read: {' '.join(CHALLENGE.image_extensions)})")
+    input_dir, output_dir, report_path, images = prepare_run(input_dir, output_dir, report, extras, warn)
 
     runner = ModelRunner(resolve_model(model, cfg.device), cfg.device, cfg.threads)
     startup = process_age()
@@ -294,38 +351,14 @@ def run_folder(
     failed = extras_failed = 0
     try:
         for path in tqdm(images, disable=None, file=sys.stderr, unit="image", leave=False):
-            name = output_name(path)
-            row: dict[str, Any] = {"image": path.name, "output": name, "status": "ok", "message": ""}
-            timings: dict[str, float] = {}
-            t0 = time.perf_counter()
-            try:
-                if name in claimed:
-                    raise InputError(path, f"output name {name} is already taken by {claimed[name]}; not overwriting")
-                claimed[name] = path.name
-                process_image(path, output_dir / name, runner, planner, cfg, row, timings, extras)
-            except InputError as exc:
-                row.update(status="error", message=str(exc), output="")
-            except Exception as exc:  # one image's failure must not stop the others; it is reported, not hidden
-                row.update(status="error", message=f"{path.name}: {type(exc).__name__}: {exc}", output="")
-            seconds = time.perf_counter() - t0
-            row["_stages"] = timings
+            row = run_image(path, output_dir, runner, planner, cfg, extras, claimed, startup)
             if row["status"] == "ok":
-                h, w = row["height"], row["width"]
-                row.update(
-                    seconds=seconds,
-                    startup_s=startup,
-                    tolerance_s=tolerance(h, w),
-                    penalised_s=penalised(seconds + startup, h, w),
-                )
                 say(log_line(row))
                 for failure in row.get("_extra_failures", ()):
                     warn(f"FAILED {failure}")
                 extras_failed += len(row.get("_extra_failures", ()))
             else:
                 failed += 1
-                row["seconds"] = seconds
-                if "height" in row:
-                    row["tolerance_s"] = tolerance(row["height"], row["width"])
                 warn(log_line(row))
             rows.append(row)
     finally:
@@ -337,4 +370,7 @@ def run_folder(
     return EXIT_IMAGE_FAILED if failed or extras_failed else EXIT_OK
 
 
-__all__ = ["SetupError", "check_folders", "process_image", "report_csv", "run_folder", "write_extras"]
+__all__ = [
+    "SetupError", "check_folders", "prepare_run", "process_image", "report_csv", "run_folder", "run_image",
+    "write_extras",
+]

@@ -15,13 +15,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from app.config import FLIP_AXES, InferenceConfig
-from app.tiling import window_grid
-from app.timing import tolerance
+from app.infer import Runner
+from app.runner import CPU
+from app.tiling import crop_shapes, scaled_size, window_grid
+from app.tolerance import tolerance
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Costs:
     io_seconds_per_mp: float
 
 
-# Host-side throughputs measured with `python3 benchmarks/speed.py` on the 2-core reference machine
+# Host-side throughputs measured with `python -m benchmarks.speed` on the 2-core reference machine
 # (docs/SPEED.md); the model's throughput is always measured on the device at run time instead.
 HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.15, post_seconds_per_mp=0.10, io_seconds_per_mp=0.20)
 
@@ -72,10 +73,6 @@ class PlanLadder:
 LADDER = PlanLadder()
 
 
-class Runner(Protocol):
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
 def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
     """MT2's scales: `cfg.fluorescence_scales` (1.5 alone) for fluorescence, `cfg.scales` (0.8/1.0/1.2) otherwise."""
     return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
@@ -84,29 +81,6 @@ def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ..
 def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str, scales: tuple[float, ...] | None = None) -> Plan:
     """The full scales (`scales`, else MT2's for the modality) at the configured stride and flipped views."""
     return Plan(scales or modality_scales(fluorescence, cfg), cfg.stride, reason, cfg.flips)
-
-
-def scaled_size(length: int, scale: float) -> int:
-    """Side length of an image resized by `scale` (at least one pixel)."""
-    return max(1, int(round(length * scale)))
-
-
-def crop_shapes(h: int, w: int, cfg: InferenceConfig) -> list[tuple[int, int]]:
-    """Shapes of the arrays the model sees: the whole image, or each haloed tile on the whole-slide path."""
-    if h * w <= cfg.tile_threshold_pixels:
-        return [(h, w)]
-    return [
-        (y1 - y0, x1 - x0)
-        for (y0, y1), (x0, x1) in (
-            (_span(cy, cfg.tile_size, cfg.tile_halo, h), _span(cx, cfg.tile_size, cfg.tile_halo, w))
-            for cy in range(0, h, cfg.tile_size)
-            for cx in range(0, w, cfg.tile_size)
-        )
-    ]
-
-
-def _span(start: int, size: int, halo: int, length: int) -> tuple[int, int]:
-    return max(0, start - halo), min(length, start + size + halo)
 
 
 def window_count(shapes: list[tuple[int, int]], scales: tuple[float, ...], window: int, stride: int) -> int:
@@ -257,8 +231,8 @@ PROBE = Probe()
 def measure_window_seconds(runner: Runner, cfg: InferenceConfig, probe: Probe = PROBE) -> tuple[float, float]:
     """(model seconds per cfg.window window, seconds the measurement took)."""
     start = time.perf_counter()
-    on_cpu = getattr(runner, "provider", "CPUExecutionProvider") == "CPUExecutionProvider"
-    fixed = getattr(runner, "input_hw", None)
+    on_cpu = runner.provider == CPU
+    fixed = runner.input_hw
     side = min(probe.cpu_side, cfg.window) if on_cpu and fixed is None else cfg.window
     count = 1 if on_cpu else cfg.batch_size
     calls = probe.cpu_calls if on_cpu else probe.gpu_calls

@@ -3,7 +3,7 @@
 Every image is copied alone into a fresh input folder and segmented by its own
 `docker container run --rm ... IMAGE /bin/bash -c "sh predict.sh"`, so container start, imports and the
 model load are paid for every image, as in the organisers' script. The wall time of the whole run is
-compared with the challenge tolerance (`app.timing`); only the time above it is ranked. A run that leaves
+compared with the challenge tolerance (`app.tolerance`); only the time above it is ranked. A run that leaves
 no `<name>_label.tiff` behind, or exits with an error, counts as a failure of that image.
 """
 
@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from app.config import CHALLENGE, InferenceConfig
 from app.errors import InputError
 from app.reader import list_inputs, read_image
-from app.timing import tolerance
+from app.tolerance import tolerance
 from app.writer import output_name, write_text
 
 DOCKER = "docker"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import struct
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import imagecodecs
 import numpy as np
@@ -20,6 +22,7 @@ from PIL import Image
 
 from app.config import CHALLENGE
 from app.errors import InputError
+from app.writer import output_name
 
 # An array axis of at most this size is read as channels (gray+alpha, RGB, RGBA); larger ones are image sides.
 MAX_CHANNELS = 4
@@ -27,11 +30,6 @@ MAX_CHANNELS = 4
 # stored page by page, never for an image of its own.
 MIN_PAGE_SIDE = 16
 HEADER_BYTES = 32
-# The reader enforces its own cap (max_pixels) from the header, so Pillow's decompression-bomb guard,
-# which would refuse a legitimate 10,000 × 10,000 slide, is switched off.
-Image.MAX_IMAGE_PIXELS = None
-# tifffile logs its own warnings about damaged files; the reader reports them as one InputError line instead.
-logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -41,22 +39,41 @@ _BMP_MAGIC = b"BM"
 _PNG_GRAY_ALPHA = 4
 
 
-def list_inputs(folder: Path | str) -> tuple[list[Path], list[Path]]:
-    """Split a folder's entries into readable image candidates and skipped entries, both sorted by name.
+def is_input(path: Path) -> bool:
+    """Whether a folder entry is an image candidate: a regular, non-hidden file whose extension (any case) is
+    one the challenge uses."""
+    return not path.name.startswith(".") and path.suffix.lower() in CHALLENGE.image_extensions and path.is_file()
 
-    Candidates are regular, non-hidden files whose extension (any case) is one the challenge uses;
-    everything else (hidden files, folders, other extensions) is returned as skipped.
-    """
+
+def list_inputs(folder: Path | str) -> tuple[list[Path], list[Path]]:
+    """Split a folder's entries into image candidates (`is_input`) and skipped entries (hidden files,
+    folders, other extensions), both sorted by name."""
     images: list[Path] = []
     skipped: list[Path] = []
     for entry in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        wanted = (
-            not entry.name.startswith(".")
-            and entry.suffix.lower() in CHALLENGE.image_extensions
-            and entry.is_file()
-        )
-        (images if wanted else skipped).append(entry)
+        (images if is_input(entry) else skipped).append(entry)
     return images, skipped
+
+
+def input_files(folder: Path | str, recursive: bool = False) -> list[Path]:
+    """The image candidates of a folder (`is_input`), or of it and every folder below it, sorted by path."""
+    if not recursive:
+        return list_inputs(folder)[0]
+    return sorted(p for p in Path(folder).rglob("*") if is_input(p))
+
+
+def labelled_pairs(images: Path, labels: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(image, `labels`/<name>_label.tiff) pairs of the images in `images`, and the images without a label
+    file (the challenge layout: labels named by `app.writer.output_name`)."""
+    pairs: list[tuple[Path, Path]] = []
+    unlabelled: list[Path] = []
+    for image in list_inputs(images)[0]:
+        label = labels / output_name(image)
+        if label.is_file():
+            pairs.append((image, label))
+        else:
+            unlabelled.append(image)
+    return pairs, unlabelled
 
 
 def skip_reason(path: Path) -> str:
@@ -80,14 +97,15 @@ def read_image(path: Path | str, max_pixels: int) -> np.ndarray:
     if size == 0:
         raise InputError(path, "empty file (0 bytes)")
     try:
-        if head.startswith(_TIFF_MAGIC):
-            image = _read_tiff(path, max_pixels)
-        elif head.startswith(_PNG_MAGIC):
-            image = _read_png(path, head, max_pixels)
-        elif head.startswith(_JPEG_MAGIC) or head.startswith(_BMP_MAGIC):
-            image = _read_pillow(path, max_pixels)
-        else:
-            raise InputError(path, "not a PNG, BMP, JPEG or TIFF file (unrecognised header)")
+        with _decoders_for_the_reader():
+            if head.startswith(_TIFF_MAGIC):
+                image = _read_tiff(path, max_pixels)
+            elif head.startswith(_PNG_MAGIC):
+                image = _read_png(path, head, max_pixels)
+            elif head.startswith(_JPEG_MAGIC) or head.startswith(_BMP_MAGIC):
+                image = _read_pillow(path, max_pixels)
+            else:
+                raise InputError(path, "not a PNG, BMP, JPEG or TIFF file (unrecognised header)")
     except InputError:
         raise
     except MemoryError as exc:
@@ -152,6 +170,23 @@ def _describe(shape: tuple[int, ...]) -> str:
     return f"unsupported shape {shape}: volumes and multi-dimensional stacks are not supported"
 
 
+@contextmanager
+def _decoders_for_the_reader() -> Iterator[None]:
+    """While one file is decoded: Pillow's decompression-bomb guard off (the reader enforces its own cap,
+    max_pixels, from the header; the guard would refuse a legitimate 10,000 × 10,000 slide), and tifffile's own
+    warnings about damaged files quiet (the reader reports them as one InputError line). Both are restored
+    afterwards, so importing the app changes nothing for other users of these libraries."""
+    tiff_log = logging.getLogger("tifffile")
+    level, bomb_cap = tiff_log.level, Image.MAX_IMAGE_PIXELS
+    tiff_log.setLevel(logging.ERROR)
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        tiff_log.setLevel(level)
+        Image.MAX_IMAGE_PIXELS = bomb_cap
+
+
 def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     """First image of a TIFF: the first series when it is one 2-D image, else the series' first page.
 
@@ -173,12 +208,13 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
             return _to_hwc(series.asarray(), kind)
         if len(series.pages) > 1:
             page = series.pages[0]
-            page_shape = tuple(int(d) for d in page.shape)
-            page_kind = layout(page_shape)
-            if page_kind is not None and min(_spatial(page_shape, page_kind)) >= MIN_PAGE_SIDE:
-                height, width = _spatial(page_shape, page_kind)
-                _check_pixels(path, height, width, max_pixels)
-                return _to_hwc(page.asarray(), page_kind)
+            if page is not None:
+                page_shape = tuple(int(d) for d in page.shape)
+                page_kind = layout(page_shape)
+                if page_kind is not None and min(_spatial(page_shape, page_kind)) >= MIN_PAGE_SIDE:
+                    height, width = _spatial(page_shape, page_kind)
+                    _check_pixels(path, height, width, max_pixels)
+                    return _to_hwc(page.asarray(), page_kind)
         raise InputError(path, _describe(shape))
 
 
@@ -204,16 +240,17 @@ def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     """BMP and JPEG through Pillow: the size comes from the header, pixels only after the cap check."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(path) as im:
-            width, height = im.size
+        with Image.open(path) as opened:
+            width, height = opened.size
             _check_pixels(path, height, width, max_pixels)
-            mode = im.mode
+            mode = opened.mode
+            im: Image.Image = opened
             if mode == "1" or mode == "LA":
-                im = im.convert("L")
+                im = opened.convert("L")
             elif mode in ("P", "PA"):
-                im = im.convert("RGBA" if (mode == "PA" or "transparency" in im.info) else "RGB")
+                im = opened.convert("RGBA" if (mode == "PA" or "transparency" in opened.info) else "RGB")
             elif mode not in ("L", "RGB", "RGBA", "I;16", "I", "F"):
-                im = im.convert("RGB")
+                im = opened.convert("RGB")
             image = np.asarray(im)
     return image if image.ndim == 3 else image[..., np.newaxis]
 

@@ -253,7 +253,7 @@ class ModelRunner:
             providers = [(CUDA, {"cudnn_conv_algo_search": cudnn_search}), CPU]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises several types for unreadable models
+        except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path.name}: cannot load the ONNX model ({first})") from exc
         self.provider = self.session.get_providers()[0]
@@ -262,8 +262,8 @@ class ModelRunner:
         self.dtype = check_contract(self.session, self.path.name, contract)
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = _static(shape[0])
-        hw = (_static(shape[2]), _static(shape[3]))
-        self.input_hw = hw if None not in hw else None
+        height, width = _static(shape[2]), _static(shape[3])
+        self.input_hw: tuple[int, int] | None = (height, width) if height is not None and width is not None else None
         self.precision = self._precision()
         self._binding = _CudaBinding(self) if self.provider == CUDA else None
 

@@ -5,7 +5,8 @@ are cut into cores of `cfg.tile_size` pixels; each core is predicted and post-pr
 of `cfg.tile_halo` pixels, and a tile keeps only the instances it *owns*. The owner point of an instance is the
 centre of its bounding box, ``(min + max) // 2`` per axis in global coordinates: every instance has exactly one,
 and the cores partition the image, so exactly one tile pastes each cell and no cell is cut at a seam as long as
-cells are smaller than the halo. Kept instances get global ids from a running offset in a uint32 map; only one
+cells are smaller than the halo (an owned cell that reaches an inner edge of its crop may be cut, and a warning
+says how many did). Kept instances get global ids from a running offset in a uint32 map; only one
 tile's float maps exist at a time (per tile in flight), so memory is the input, the label map and a few tiles.
 
 Stages overlap: while the main thread runs the model on tile i (ONNX Runtime releases the GIL), a small thread
@@ -14,10 +15,10 @@ pool post-processes the tiles before it; labels are pasted in tile order, so the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -26,34 +27,18 @@ from app.config import InferenceConfig
 from app.infer import predict_maps
 from app.plan import Plan
 from app.postprocess import instance_map
+from app.tiling import Tile, is_whole_slide, tile_grid
+from app.timing import add_seconds, timed
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Tile:
-    """A core (owned pixels) and its haloed crop, as (y0, y1, x0, x1) boxes in global coordinates."""
-
-    core: tuple[int, int, int, int]
-    crop: tuple[int, int, int, int]
-
-
-def tile_grid(h: int, w: int, size: int, halo: int) -> list[Tile]:
-    """Cores of `size` x `size` covering an h x w image in raster order, each with a `halo` clipped to the image."""
-    if size <= 0 or halo < 0:
-        raise ValueError(f"tile size must be positive and halo non-negative, got size={size}, halo={halo}")
-    tiles = []
-    for y0 in range(0, h, size):
-        for x0 in range(0, w, size):
-            y1, x1 = min(h, y0 + size), min(w, x0 + size)
-            crop = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
-            tiles.append(Tile((y0, y1, x0, x1), crop))
-    return tiles
-
-
-def owned_labels(labels: np.ndarray, tile: Tile) -> np.ndarray:
-    """Ids in a crop's label map whose owner point (bounding-box centre, global coordinates) is in the core."""
+def owned_labels(labels: np.ndarray, tile: Tile, boxes: list | None = None) -> np.ndarray:
+    """Ids in a crop's label map whose owner point (bounding-box centre, global coordinates) is in the core
+    (`boxes`: `ndimage.find_objects(labels)`, when the caller has it already)."""
     cy0, _, cx0, _ = tile.crop
     y0, y1, x0, x1 = tile.core
-    boxes = ndimage.find_objects(labels)
+    boxes = ndimage.find_objects(labels) if boxes is None else boxes
     keep = []
     for index, box in enumerate(boxes, start=1):
         if box is None:
@@ -63,6 +48,20 @@ def owned_labels(labels: np.ndarray, tile: Tile) -> np.ndarray:
         if y0 <= oy < y1 and x0 <= ox < x1:
             keep.append(index)
     return np.asarray(keep, dtype=np.int64)
+
+
+def cut_by_halo(boxes: list, owned: np.ndarray, tile: Tile, height: int, width: int) -> int:
+    """How many owned instances touch an edge of the crop that lies inside the image: they may extend past
+    the halo, so the tile saw only part of them (a halo larger than the largest cell keeps this at 0)."""
+    cy0, cy1, cx0, cx1 = tile.crop
+    local_h, local_w = cy1 - cy0, cx1 - cx0
+    cut = 0
+    for index in owned:
+        rows, cols = boxes[int(index) - 1]
+        if ((rows.start == 0 and cy0 > 0) or (rows.stop == local_h and cy1 < height)
+                or (cols.start == 0 and cx0 > 0) or (cols.stop == local_w and cx1 < width)):
+            cut += 1
+    return cut
 
 
 def paste_owned(
@@ -84,28 +83,24 @@ def paste_owned(
     return offset + int(owned.size)
 
 
-def _add(timings: dict[str, float] | None, key: str, seconds: float) -> None:
-    if timings is not None:
-        timings[key] = timings.get(key, 0.0) + seconds
-
-
 def segment_whole(
     image_u8: np.ndarray, runner, plan: Plan, cfg: InferenceConfig, timings: dict[str, float] | None = None
 ) -> np.ndarray:
     """predict_maps at the plan's scales, stride and flipped views, then MT2's watershed; int32 labels."""
     cell, boundary = predict_maps(image_u8, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
-    t0 = time.perf_counter()
-    labels = instance_map(cell, boundary, cfg)
-    _add(timings, "postprocess", time.perf_counter() - t0)
-    return labels
+    with timed(timings, "postprocess"):
+        return instance_map(cell, boundary, cfg)
 
 
-def _post_tile(cell: np.ndarray, boundary: np.ndarray, tile: Tile, cfg: InferenceConfig):
-    """Worker: watershed of one haloed tile and its owned ids; returns (labels, owned, seconds)."""
+def _post_tile(cell: np.ndarray, boundary: np.ndarray, tile: Tile, cfg: InferenceConfig, hw: tuple[int, int]):
+    """Worker: watershed of one haloed tile, its owned ids and how many of them the halo cut; returns
+    (labels, owned, cut, seconds)."""
     t0 = time.perf_counter()
     labels = instance_map(cell, boundary, cfg)
-    owned = owned_labels(labels, tile)
-    return labels, owned, time.perf_counter() - t0
+    boxes = ndimage.find_objects(labels)
+    owned = owned_labels(labels, tile, boxes)
+    cut = cut_by_halo(boxes, owned, tile, *hw)
+    return labels, owned, cut, time.perf_counter() - t0
 
 
 def segment_tiled(
@@ -127,14 +122,15 @@ def segment_tiled(
     offset = 0
     tiles = tile_grid(h, w, cfg.tile_size, cfg.tile_halo)
     pending: deque[tuple[Tile, Future]] = deque()
+    cut_cells = 0
 
     def paste(tile: Tile, result) -> None:
-        nonlocal offset
-        labels, owned, seconds = result
-        _add(timings, "postprocess", seconds)
-        t0 = time.perf_counter()
-        offset = paste_owned(out, labels, owned, tile, offset)
-        _add(timings, "paste", time.perf_counter() - t0)
+        nonlocal offset, cut_cells
+        labels, owned, cut, seconds = result
+        cut_cells += cut
+        add_seconds(timings, "postprocess", seconds)
+        with timed(timings, "paste"):
+            offset = paste_owned(out, labels, owned, tile, offset)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mt2-post") if workers > 0 else None
     try:
@@ -143,9 +139,9 @@ def segment_tiled(
             crop = image_u8[y0:y1, x0:x1]
             cell, boundary = predict_maps(crop, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
             if pool is None:
-                paste(tile, _post_tile(cell, boundary, tile, cfg))
+                paste(tile, _post_tile(cell, boundary, tile, cfg, (h, w)))
                 continue
-            pending.append((tile, pool.submit(_post_tile, cell, boundary, tile, cfg)))
+            pending.append((tile, pool.submit(_post_tile, cell, boundary, tile, cfg, (h, w))))
             del cell, boundary
             while len(pending) > workers:
                 done_tile, future = pending.popleft()
@@ -156,6 +152,9 @@ def segment_tiled(
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if cut_cells:
+        log.warning("%d cell(s) reach past the %d px tile halo and may be cut at tile seams: a larger "
+                    "--tile-halo keeps them whole", cut_cells, cfg.tile_halo)
     return out
 
 
@@ -166,6 +165,6 @@ def segment(
     if image_u8.ndim != 3 or image_u8.shape[2] != 3 or image_u8.dtype != np.uint8:
         raise ValueError(f"segment needs a uint8 H×W×3 image, got {image_u8.dtype} {image_u8.shape}")
     h, w = image_u8.shape[:2]
-    if h * w <= cfg.tile_threshold_pixels:
+    if not is_whole_slide(h, w, cfg):
         return segment_whole(image_u8, runner, plan, cfg, timings)
     return segment_tiled(image_u8, runner, plan, cfg, timings)

@@ -1,13 +1,19 @@
-"""Window placement for sliding-window inference.
+"""Where the model looks: window placement for sliding-window inference, whole-slide tiles, scaled sizes.
 
 Windows start every `stride` pixels and the last one sits flush with the image edge, so a large image is covered
 without padding and every window has the model's fixed input shape. Images smaller than a window get a single
-window at 0 (the caller pads them to the window size).
+window at 0 (the caller pads them to the window size). Images above `cfg.tile_threshold_pixels` are cut into
+cores of `cfg.tile_size` pixels with a halo of `cfg.tile_halo` (`app.segment`). The planner counts windows with
+the same functions the segmenter runs, so its estimate cannot drift from what runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from app.config import InferenceConfig
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -28,3 +34,46 @@ def window_grid(h: int, w: int, window: int, stride: int) -> list[tuple[int, int
     ys = window_starts(h, window, stride)
     xs = window_starts(w, window, stride)
     return [(int(y), int(x)) for y in ys for x in xs]
+
+
+def scaled_size(length: int, scale: float) -> int:
+    """Side length of an image resized by `scale` (at least one pixel)."""
+    return max(1, int(round(length * scale)))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A core (owned pixels) and its haloed crop, as (y0, y1, x0, x1) boxes in global coordinates."""
+
+    core: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        y0, y1, x0, x1 = self.crop
+        return y1 - y0, x1 - x0
+
+
+def tile_grid(h: int, w: int, size: int, halo: int) -> list[Tile]:
+    """Cores of `size` x `size` covering an h x w image in raster order, each with a `halo` clipped to the image."""
+    if size <= 0 or halo < 0:
+        raise ValueError(f"tile size must be positive and halo non-negative, got size={size}, halo={halo}")
+    tiles = []
+    for y0 in range(0, h, size):
+        for x0 in range(0, w, size):
+            y1, x1 = min(h, y0 + size), min(w, x0 + size)
+            crop = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo))
+            tiles.append(Tile((y0, y1, x0, x1), crop))
+    return tiles
+
+
+def is_whole_slide(h: int, w: int, cfg: InferenceConfig) -> bool:
+    """Whether an image takes the whole-slide path (haloed tiles) rather than going through whole."""
+    return h * w > cfg.tile_threshold_pixels
+
+
+def crop_shapes(h: int, w: int, cfg: InferenceConfig) -> list[tuple[int, int]]:
+    """Shapes of the arrays the model sees: the whole image, or each haloed tile on the whole-slide path."""
+    if not is_whole_slide(h, w, cfg):
+        return [(h, w)]
+    return [tile.crop_shape for tile in tile_grid(h, w, cfg.tile_size, cfg.tile_halo)]

@@ -1,29 +1,33 @@
-"""The challenge's running-time tolerance and penalty, and the age of this process.
+"""Measuring where the time goes: per-stage seconds of one image, and the age of this process.
 
-Tolerance for an H×W image: 10 s up to one megapixel, then 10 s per megapixel; only the time above it counts.
+Every stage of the prediction path adds its seconds to one `timings` dict (stage name -> seconds), which the
+report and the benchmarks read; `timed` is the one way they are measured.
 """
 
 from __future__ import annotations
 
 import os
 import time
-
-from app.config import CHALLENGE
+from contextlib import contextmanager
+from typing import Iterator
 
 _IMPORTED = time.monotonic()
 
 
-def tolerance(height: int, width: int) -> float:
-    """Seconds an image of this size may take before the challenge counts any running time."""
-    pixels = float(height) * float(width)
-    if pixels <= CHALLENGE.tolerance_pixels:
-        return CHALLENGE.tolerance_seconds
-    return CHALLENGE.tolerance_seconds * pixels / CHALLENGE.tolerance_pixels
+def add_seconds(timings: dict[str, float] | None, key: str, seconds: float) -> None:
+    """Add `seconds` to `timings[key]` (no-op when timings is None)."""
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + seconds
 
 
-def penalised(seconds: float, height: int, width: int) -> float:
-    """Running time the challenge ranks: the part of `seconds` above the tolerance, never negative."""
-    return max(0.0, seconds - tolerance(height, width))
+@contextmanager
+def timed(timings: dict[str, float] | None, key: str) -> Iterator[None]:
+    """Add the seconds spent in the block to `timings[key]` (no-op when timings is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        add_seconds(timings, key, time.perf_counter() - start)
 
 
 def process_age() -> float:
@@ -44,3 +48,6 @@ def process_age() -> float:
     except (OSError, ValueError, IndexError):
         pass
     return time.monotonic() - _IMPORTED
+
+
+__all__ = ["add_seconds", "process_age", "timed"]

@@ -19,14 +19,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
+from app.diameter import choose_scales, size_estimate
 from app.errors import InputError
-from app.infer import fuse, scale_views
+from app.infer import Runner, fuse, scale_views
 from app.metric import image_scores, read_labels
 from app.normalize import is_fluorescence, read_normalized
-from app.diameter import choose_scales, size_estimate
 from app.postprocess import instance_map
-from app.reader import list_inputs
-from app.writer import output_name
+
+# (cell, boundary) map pairs: one tuple per scale, one pair per flipped view.
+ScaleViews = tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Views:
 
     name: str
     truth: np.ndarray
-    per_scale: tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
+    per_scale: ScaleViews
 
     def fused(self, flips: int, fusion: str) -> tuple[np.ndarray, np.ndarray]:
         """The maps `predict` computes with `flips` views and `fusion` (the same operations, in the same order)."""
@@ -58,14 +59,7 @@ class Trial:
     f1: float
 
 
-def labelled_pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
-    """(image, <name>_label.tiff) pairs of two folders; images without a label file are left out."""
-    found, _ = list_inputs(images)
-    pairs = [(path, labels / output_name(path)) for path in found]
-    return [(image, label) for image, label in pairs if label.is_file()]
-
-
-def image_views(image_path: Path, runner, cfg: InferenceConfig, flips: int):  # type: ignore[no-untyped-def]
+def image_views(image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int) -> ScaleViews:
     """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
     says), per scale and per flipped view."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
@@ -111,7 +105,7 @@ def score_views(views: Views, candidates: list[dict[str, Any]], cfg: InferenceCo
 
 def collect_scores(
     pairs: Iterable[tuple[Path, Path]],
-    runner,  # type: ignore[no-untyped-def]
+    runner: Runner,
     cfg: InferenceConfig,
     candidates: list[dict[str, Any]],
     on_error: Callable[[str], None] = lambda message: None,
@@ -143,7 +137,19 @@ def rank(candidates: list[dict[str, Any]], scored: list[Scored]) -> list[Trial]:
     return sorted(trials, key=lambda trial: -trial.f1)
 
 
+def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) -> list[str]:
+    """The lines `app tune` prints: the `top` settings by mean F1, and `reference` (MT2's defaults) marked,
+    wherever it ranks."""
+    lines = [f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}"]
+    for trial in trials[:top] + [t for t in trials[top:] if t.settings == reference]:
+        s = trial.settings
+        mark = "  (MT2's defaults)" if s == reference else ""
+        lines.append(f"{s['flips']:>5} {s['fusion']:>6} {s['cell_threshold']:>7g} {s['seed_threshold']:>7g} "
+                     f"{s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
+    return lines
+
+
 __all__ = [
     "Scored", "Trial", "Views", "candidate_settings", "collect_scores", "current_settings", "grid_settings",
-    "image_views", "labelled_pairs", "rank", "score_views",
+    "image_views", "rank", "score_views", "trials_table",
 ]

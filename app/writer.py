@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import tifffile
@@ -22,10 +22,15 @@ UINT32_LABELS = np.iinfo(np.uint32).max
 TEMP_SUFFIX = ".tmp"
 
 
+def image_stem(path: Path | str) -> str:
+    """An image's name up to its first dot: what the challenge names its outputs after."""
+    return Path(path).name.split(".", 1)[0]
+
+
 def output_name(path: Path | str, suffix: str = CHALLENGE.output_suffix) -> str:
-    """The challenge's output name: the input name up to its first dot, plus "_label.tiff" (or another suffix,
-    for the optional outputs beside it, `app.config.EXTRA_SUFFIXES`)."""
-    return Path(path).name.split(".", 1)[0] + suffix
+    """The challenge's output name: `image_stem` plus "_label.tiff" (or another suffix, for the optional
+    outputs beside it, `app.config.EXTRA_SUFFIXES`)."""
+    return image_stem(path) + suffix
 
 
 def label_dtype(max_label: int) -> np.dtype:
@@ -37,7 +42,7 @@ def label_dtype(max_label: int) -> np.dtype:
     raise ValueError(f"{max_label} labels do not fit in uint32")
 
 
-def write_atomic(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomic(path: Path | str, write: Callable[[BinaryIO], Any]) -> Path:
     """Call `write(handle)` on a hidden temporary file beside `path`, then rename it to `path`.
 
     The temporary file is created with the usual permissions (0666 less the umask), so the final file is

@@ -1,12 +1,12 @@
 """Accuracy on a held-out synthetic set: F1 per modality and overall, for the methods the project compares.
 
-    python3 benchmarks/accuracy.py                                  # everything (training budget: --max-steps)
-    python3 benchmarks/accuracy.py --methods model,baseline         # shipped weights and the classical baseline only
-    python3 benchmarks/accuracy.py --markdown accuracy.md --work runs/accuracy
+    python -m benchmarks.accuracy                                  # everything (training budget: --max-steps)
+    python -m benchmarks.accuracy --methods model,baseline         # shipped weights and the classical baseline only
+    python -m benchmarks.accuracy --markdown accuracy.md --work runs/accuracy
 
 Methods (columns of the table):
 - ``model``: the shipped weights (``--model``, default weights/) through the app, ``python -m app predict``;
-- ``baseline``: the classical baseline of training/baseline.py (Otsu threshold + distance-transform watershed);
+- ``baseline``: the classical baseline of benchmarks/baseline.py (Otsu threshold + distance-transform watershed);
 - ``mt`` and ``supervised``: Mean Teacher against supervised-only, both trained from scratch with the same
   preset and the same number of optimiser steps when only ``--labelled-fraction`` (10%) of the labelled
   training images keep their labels (the rest join the unlabelled pool); each best checkpoint is exported to
@@ -19,7 +19,7 @@ the challenge layout (``images/`` + ``labels/``; real microscopy, say the valida
 ``python -m training split``), one row per folder and the overall mean over all their images, for the methods
 ``model`` and ``baseline``:
 
-    python3 benchmarks/accuracy.py --methods model,baseline --folders data/real/val/*
+    python -m benchmarks.accuracy --methods model,baseline --folders data/real/val/*
 
 The held-out set is generated with its own seed (``--seed``, never the training seed), so no method has seen
 its images. Scores are the challenge's: F1 per image (IoU >= 0.5, Hungarian matching, border cells removed),
@@ -39,12 +39,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from app.config import CHALLENGE
+from app.metric import evaluate_folders
+from training.synth.params import MODALITY_NAMES
 
-from app.metric import evaluate_folders  # noqa: E402
-from training.synth.params import MODALITY_NAMES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("model", "baseline", "mt", "supervised")
 TITLES = {
@@ -140,7 +139,7 @@ def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget:
 
 
 def predict_baseline(images: Path, out: Path) -> None:
-    from training.baseline import segment_folder
+    from benchmarks.baseline import segment_folder
 
     segment_folder(images, out)
 
@@ -148,9 +147,7 @@ def predict_baseline(images: Path, out: Path) -> None:
 def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool) -> Path:
     """Train one run of the comparison and export its best checkpoint; return the weights folder (fp32 + manifest)."""
     from training.config import load_config, parse_override
-    from app.config import CONTRACT
-    from app.manifest import write_manifest
-    from training.export import export_fp32, load_checkpoint, network_from_checkpoint
+    from training.export import export_fp32_only
     from training.trainer import train
 
     overrides = dict(parse_override(text) for text in args.overrides)
@@ -165,11 +162,8 @@ def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool
     cfg = load_config(args.preset, overrides)
     best = train(cfg, data, run, log=log)
     # Only the fp32 model is needed (the app runs it on the CPU); the fp16 parity check belongs to shipping.
-    net, _, _ = network_from_checkpoint(load_checkpoint(best), which="teacher" if semi else "student")
     folder = run / "onnx"
-    folder.mkdir(parents=True, exist_ok=True)
-    export_fp32(net.eval(), folder / CONTRACT.fp32_file)
-    write_manifest(folder, [CONTRACT.fp32_file], {"checkpoint": str(best)})
+    export_fp32_only(best, folder, which="teacher" if semi else "student")
     return folder
 
 
@@ -189,8 +183,7 @@ def score(gt: Path, pred: Path, modality_of: dict[str, str]) -> dict[str, float]
     """Mean F1 per modality and overall ("all") over the images of the held-out set."""
     per: dict[str, list[float]] = defaultdict(list)
     for name, scores in evaluate_folders(gt, pred):
-        stem = name.split(".", 1)[0].removesuffix("_label")
-        per[modality_of[stem]].append(scores.f1)
+        per[modality_of[name.removesuffix(CHALLENGE.output_suffix)]].append(scores.f1)
         per["all"].append(scores.f1)
     return {key: sum(v) / len(v) for key, v in per.items()}
 
@@ -269,7 +262,7 @@ def run_folders(args: argparse.Namespace, work: Path) -> list[str]:
     ]
     if "model" in results:
         lines.append(model_settings(args.model))
-    lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
+    lines.append("Command: `python -m benchmarks.accuracy " + " ".join(sys.argv[1:]) + "`")
     return lines
 
 
@@ -358,7 +351,7 @@ def run(args: argparse.Namespace) -> list[str]:
             + (f"views, fusion and thresholds tuned on {args.tune_images} images (seed {args.tune_seed})."
                if args.tune_images else "MT2's settings.")
         )
-    lines.append("Command: `python3 benchmarks/accuracy.py " + " ".join(sys.argv[1:]) + "`")
+    lines.append("Command: `python -m benchmarks.accuracy " + " ".join(sys.argv[1:]) + "`")
     return lines
 
 

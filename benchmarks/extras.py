@@ -1,17 +1,18 @@
 """Time and peak memory of each optional output of `predict` (overlay, ROIs, GeoJSON, measurements) per map size.
 
-    python3 benchmarks/extras.py                      # 1 and 100 MP, a cell every 30 px (about 110,000 at 100 MP)
-    python3 benchmarks/extras.py --sizes 1 --spacing 20
+    python -m benchmarks.extras                      # 1 and 100 MP, a cell every 30 px (about 110,000 at 100 MP)
+    python -m benchmarks.extras --sizes 1 --spacing 20
 
 Each size is a generated square label map of elliptic cells of varied size and orientation on a regular grid
 (sequential labels, as the app writes them) with a noisy RGB image, made before anything is timed. Each extra
 then runs alone through the app's own `pipeline.write_extras` into a temporary folder, exactly as
 `predict --overlay` (etc.) runs it after the label file: computed, encoded and written atomically. ROIs and
 GeoJSON each include tracing the outlines. A warm-up on a small map first loads the libraries the extras import
-on first use (scikit-image's modules, Pillow, roifile), which a run pays once, not per image. `seconds` is its wall time; `peak MB` the process's peak resident
-memory during it above the level before it, from the kernel's high-water mark (`PeakMemory`, Linux), so the label
-map and image, already resident, are not counted. (tracemalloc would slow the outline tracing several times
-over, and a sampling thread misses peaks inside C calls that hold the GIL.)
+on first use (scikit-image's modules, Pillow, roifile), which a run pays once, not per image. `seconds` is its
+wall time; `peak MB` the process's peak resident memory during it above the level before it, from the
+kernel's high-water mark (`PeakMemory`, Linux), so the label map and image, already resident, are not counted.
+(tracemalloc would slow the outline tracing several times over, and a sampling thread misses peaks inside C
+calls that hold the GIL.)
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from app.config import EXTRA_SUFFIXES, InferenceConfig
+from app.metric import relabel
+from app.pipeline import write_extras
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from app.config import EXTRA_SUFFIXES, InferenceConfig  # noqa: E402
-from app.metric import relabel  # noqa: E402
-from app.pipeline import write_extras  # noqa: E402
 
 DEFAULT_SIZES = (1.0, 100.0)
 DEFAULT_SPACING = 30
@@ -149,7 +148,8 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(f"{s:g}" for s in DEFAULT_SIZES), help="megapixels, comma-separated")
+    parser.add_argument("--sizes", default=",".join(f"{s:g}" for s in DEFAULT_SIZES),
+                        help="megapixels, comma-separated")
     parser.add_argument("--spacing", type=int, default=DEFAULT_SPACING, help="grid step between cells, px")
     parser.add_argument("--extras", default=",".join(EXTRA_SUFFIXES), help="which extras, comma-separated")
     args = parser.parse_args(argv)

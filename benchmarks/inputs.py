@@ -1,7 +1,7 @@
 """Inputs as users have them: the same images in other channel layouts and at other sizes, scored by the app.
 
-    python3 benchmarks/inputs.py --folders data/real/val/* --images 12
-    python3 benchmarks/inputs.py --folders data/real/val/* --part sizes --flips 1
+    python -m benchmarks.inputs --folders data/real/val/* --images 12
+    python -m benchmarks.inputs --folders data/real/val/* --part sizes --flips 1
 
 Part ``layouts`` takes each folder's single-signal (grey) images and saves each one four ways: a 16-bit grey
 TIFF, an RGB PNG with an empty red channel (the signal in green and blue), an RGB PNG with the signal in red
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from app.metric import evaluate_folders, read_labels
+from app.reader import list_inputs, read_image
+from app.writer import output_name, write_labels
+from benchmarks.accuracy import emit, folder_name, log, machine, predict_with_app
 
-from accuracy import emit, folder_name, log, machine, predict_with_app  # noqa: E402
-from app.metric import evaluate_folders, read_labels  # noqa: E402
-from app.reader import list_inputs, read_image  # noqa: E402
-from app.writer import output_name, write_labels  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LAYOUTS = ("grey16.tif", "rgb_empty_red.png", "red_only.png", "two_channel_chw.tif")
 RESIZES = (0.5, 1.0, 2.0)
@@ -111,7 +109,8 @@ def run_layouts(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) ->
     taken: set[str] = set()
     for index, folder in enumerate(args.folders):
         name = folder_name(folder, taken)
-        chosen = [(i, l) for i, l in pairs(folder, 0) if grey_signal(read_image(i, 10**9)) is not None]
+        chosen = [(image, label) for image, label in pairs(folder, 0)
+                  if grey_signal(read_image(image, 10**9)) is not None]
         chosen = chosen[: args.images] if args.images else chosen
         if not chosen:
             lines.append(f"| {name} | 0 | " + " | ".join("n/a" for _ in LAYOUTS) + " | n/a |")
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     lines += [f"Date {dt.date.today().isoformat()}; machine: {machine()}; total {time.perf_counter() - started:.0f} s.",
-              "Command: `python3 benchmarks/inputs.py " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
+              "Command: `python -m benchmarks.inputs " + " ".join(sys.argv[1:] if argv is None else argv) + "`"]
     emit(lines, args.markdown)
     return 0
 

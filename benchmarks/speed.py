@@ -1,8 +1,8 @@
 """Speed and memory of the app per image size, and ONNX Runtime against PyTorch eager on the same weights.
 
-    python3 benchmarks/speed.py                       # 0.25, 1, 9, 25 and 100 MP, budget auto
-    python3 benchmarks/speed.py --sizes 1,9 --budget none --model weights/
-    python3 benchmarks/speed.py --sizes 0.25 --no-compare
+    python -m benchmarks.speed                       # 0.25, 1, 9, 25 and 100 MP, budget auto
+    python -m benchmarks.speed --sizes 1,9 --budget none --model weights/
+    python -m benchmarks.speed --sizes 0.25 --no-compare
 
 Every size runs in a fresh subprocess (so its peak resident memory is its own and start-up is paid as in the
 official one-container-per-image protocol) through the app's own `pipeline.process_image`: read, normalise,
@@ -27,11 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_SIZES = (0.25, 1.0, 9.0, 25.0, 100.0)
 SHARE_SIZES = (1.0, 9.0)  # sizes the non-model share target applies to
@@ -116,9 +114,11 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
     from app.config import InferenceConfig
     from app.manifest import postprocess_settings
     from app.pipeline import process_image
-    from app.plan import Planner, crop_shapes, estimate_seconds
+    from app.plan import Planner, estimate_seconds
     from app.runner import ModelRunner
-    from app.timing import process_age, tolerance
+    from app.tiling import crop_shapes
+    from app.timing import process_age
+    from app.tolerance import tolerance
 
     # The settings tuned for the weights (views, fusion, thresholds) apply as they do in `app predict`.
     cfg = InferenceConfig().with_overrides(**postprocess_settings(model), budget=budget, device="cpu", threads=threads)
@@ -169,7 +169,7 @@ def run_size(megapixels: float, model: Path, args: argparse.Namespace, workdir: 
     image_path = workdir / f"bench_{side}.tif"
     tifffile.imwrite(image_path, stained_cells(side, side), photometric="rgb")
     out = workdir / f"bench_{side}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(image_path), "--model", str(model),
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--child", str(image_path), "--model", str(model),
            "--budget", args.budget, "--threads", str(args.threads), "--json", str(out)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from app.config import POSTPROCESS_FIELDS
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import accuracy  # noqa: E402
+from benchmarks import accuracy
 
 
 @pytest.mark.slow
@@ -24,7 +19,8 @@ def test_all_methods_on_a_toy_budget(tmp_path: Path, capsys: pytest.CaptureFixtu
             "--markdown", str(tmp_path / "table.md")]
     assert accuracy.main(argv) == 0
     text = (tmp_path / "table.md").read_text()
-    assert "| modality | images | shipped model | classical baseline | Mean Teacher @50% | supervised-only @50% |" in text
+    header = "| modality | images | shipped model | classical baseline | Mean Teacher @50% | supervised-only @50% |"
+    assert header in text
     assert "| **overall** | 4 |" in text
     assert "Mean Teacher minus supervised-only, overall F1:" in text
     assert "views, fusion and thresholds tuned on 2 images (seed 3000)" in text
@@ -41,7 +37,7 @@ def test_seeds_must_differ() -> None:
 
 
 def test_scores_labelled_folders_per_folder_and_overall(tmp_path: Path) -> None:
-    from tests.test_trainer import write_dataset
+    from tests.training_data import write_dataset
 
     first = write_dataset(tmp_path / "lab_a", labelled=2, unlabelled=0, size=96, seed=5)
     second = write_dataset(tmp_path / "lab_b", labelled=1, unlabelled=0, size=96, seed=6)

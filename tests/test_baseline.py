@@ -9,7 +9,7 @@ import tifffile
 from skimage.draw import disk
 
 from app.metric import match_counts, read_labels
-from training.baseline import BaselineConfig, foreground_mask, segment_image, segment_rgb, split_touching
+from benchmarks.baseline import BaselineConfig, foreground_mask, segment_image, segment_rgb, split_touching
 
 # Two touching discs, one alone, one small speck (below min_area).
 DISCS = (((40, 40), 14), ((40, 65), 14), ((90, 90), 12))
@@ -81,7 +81,7 @@ def test_blank_image_gives_no_cells() -> None:
 
 
 def test_command_writes_challenge_label_files(tmp_path: Path) -> None:
-    from training.baseline import segment_folder
+    from benchmarks.baseline import segment_folder
 
     gt = disc_labels()
     inputs = tmp_path / "in"

@@ -77,7 +77,8 @@ def test_options_override_the_config(tmp_path: Path, inputs: Path, model: Path) 
     result = CliRunner().invoke(cli, [*args, *fixed, "--scales", "1,1.25", "--report", str(out / "r.csv")])
     assert result.exit_code == 0, result.output
     assert ",1/1.25,256,1," in (out / "r.csv").read_text()
-    result = CliRunner().invoke(cli, [*args, *fixed, "--flips", "2", "--fusion", "mean", "--report", str(out / "r.csv")])
+    result = CliRunner().invoke(cli, [*args, *fixed, "--flips", "2", "--fusion", "mean",
+                                      "--report", str(out / "r.csv")])
     assert result.exit_code == 0, result.output
     assert ",0.8/1/1.2,256,2," in (out / "r.csv").read_text() and "x2 views" in result.output
     result = CliRunner().invoke(cli, [*args, "--min-seed-area", "100000"])
@@ -185,3 +186,14 @@ def test_predict_sh_on_path_through_a_symlink(tmp_path: Path, inputs: Path, mode
     )
     assert done.returncode == 0, done.stderr
     assert _count(out / "cell_00001_label.tiff") == len(CENTRES)
+
+
+def test_the_package_installs_the_mt2_command() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "mt2"
+    assert script.is_file(), "the package is not installed in this environment (make test installs it)"
+    done = subprocess.run([str(script), "predict", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--scale-mode" in done.stdout

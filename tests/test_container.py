@@ -105,7 +105,8 @@ def app_image(engine: Engine) -> Iterator[str]:
 
 def _run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`docker container run --rm --network none` with a name this session cleans up."""
-    return docker("container", "run", "--rm", "--network", "none", "--name", f"{CONTAINER_PREFIX}-{name}", *args, check=False)
+    return docker("container", "run", "--rm", "--network", "none", "--name", f"{CONTAINER_PREFIX}-{name}", *args,
+                  check=False)
 
 
 def _mounts(inputs: Path, outputs: Path) -> list[str]:
@@ -140,7 +141,7 @@ def test_image_size_above_base_is_under_target(app_image: str) -> None:
 def test_image_layout_runs_unprivileged_without_training_code(app_image: str) -> None:
     probe = (
         "set -e; id -u; pwd; command -v predict.sh; test -d inputs; test -d outputs; test -f predict.sh; "
-        "test -d weights; test ! -e tests; test ! -e training; test ! -e .git; "
+        "test -d weights; test ! -e tests; test ! -e training; test ! -e .git; test ! -e app/protocol.py; "
         "python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)'"
     )
     done = _run("layout", app_image, "/bin/sh", "-c", probe)
@@ -151,7 +152,9 @@ def test_image_layout_runs_unprivileged_without_training_code(app_image: str) ->
     assert on_path == "/usr/local/bin/predict.sh"
 
 
-def test_user_invocation_writes_as_the_output_folders_owner(app_image: str, inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_user_invocation_writes_as_the_output_folders_owner(
+    app_image: str, inputs: dict[str, Path], tmp_path: Path
+) -> None:
     outputs = tmp_path / "out"
     outputs.mkdir()
     if os.geteuid() == 0:
@@ -167,7 +170,8 @@ def test_official_invocation_with_an_output_folder_docker_creates_as_root(
     app_image: str, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     outputs = tmp_path / "outputs"  # absent: the engine creates it, owned by root
-    done = _run("official", "-m", "28g", *_mounts(inputs["few"], outputs), app_image, "/bin/bash", "-c", "sh predict.sh")
+    done = _run("official", "-m", "28g", *_mounts(inputs["few"], outputs), app_image,
+                "/bin/bash", "-c", "sh predict.sh")
     assert done.returncode == 0, done.stdout
     _check_labels(outputs, inputs["few"])
     assert 0 not in _owners(outputs), "label files were written by root"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from app.config import InferenceConfig
+from tests.training_data import tiny_config, write_dataset
 from training.config import ConfigError, DataConfig, load_config
 from training.data import EpochSampler, epoch_order, prepare_all, sampling_probabilities, split_sources
 from training.trainer import data_folders, train
-from tests.test_trainer import tiny_config, write_dataset
 
 
 def test_weights_share_each_source_among_its_images() -> None:

@@ -27,11 +27,6 @@ from tests.onnx_models import contract_model
 CFG = InferenceConfig(min_seed_area=4, window=128, stride=64, batch_size=4)
 
 
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
-    return ModelRunner(contract_model(tmp_path_factory.mktemp("diameter") / "m.onnx"), device="cpu", threads=1)
-
-
 def discs(diameter: float, seed: int = 0) -> np.ndarray:
     """Bright discs of one diameter on a dark, slightly noisy background, as uint8 RGB."""
     rng = np.random.default_rng(seed)
@@ -69,6 +64,19 @@ def test_estimate_is_within_15_percent_across_sizes(runner: ModelRunner, diamete
     assert found.source == ESTIMATED and found.objects >= CFG.estimate_min_objects
     assert found.diameter == pytest.approx(diameter, rel=0.15)
     assert 1 <= found.passes <= CFG.estimate_passes and found.seconds > 0
+
+
+def test_first_look_is_coarse_and_falls_back_closer(runner: ModelRunner) -> None:
+    # Large objects are measured at the first, coarse scale (no finer look that could split them) ...
+    large = estimate_diameter(discs(80, seed=1), runner, CFG)
+    assert large.passes == 1 and large.diameter == pytest.approx(80, rel=0.15)
+    # ... and a crop where nothing is found tries every first scale before MT2's fixed scales.
+    empty = estimate_diameter(np.zeros((256, 256, 3), np.uint8), runner, CFG)
+    assert (empty.source, empty.passes) == (FIXED, len(CFG.estimate_first_scales))
+    capped = estimate_diameter(np.zeros((256, 256, 3), np.uint8), runner, CFG.with_overrides(estimate_passes=2))
+    assert capped.passes == 2
+    with pytest.raises(ValueError, match="estimate_first_scales"):
+        InferenceConfig(estimate_first_scales=(0.5, 0.0))
 
 
 def test_scales_bring_objects_to_the_target_size() -> None:

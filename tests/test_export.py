@@ -24,21 +24,18 @@ from app.config import CONTRACT, InferenceConfig
 from app.errors import ModelError
 from app.manifest import sha256_file, verify_model
 from app.postprocess import instance_map
+from training.checkpoint import network_from_checkpoint
 from training.config import load_config
-from training.export import (
+from training.export import convert_fp16, export_fp32, parse_sizes, portable_config
+from training.model import ModelConfig, MT2Net
+from training.parity import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
     ExportCheckError,
     cell_like_inputs,
-    convert_fp16,
-    export_fp32,
     instance_agreement,
-    network_from_checkpoint,
-    parse_sizes,
-    portable_config,
     verify,
 )
-from training.model import ModelConfig, MT2Net
 
 SIZES = "128,96x160"
 TEST_SIZES = ((128, 128), (96, 160))

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import extras as bench  # noqa: E402
+from benchmarks import extras as bench
 
 
 def test_cell_map_is_sequential_and_many_cells() -> None:

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import tifffile
 
+from benchmarks import inputs
 from tests.onnx_models import contract_model, disc_image
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import inputs  # noqa: E402
 
 CENTRES = [(30, 30), (30, 90), (90, 40), (95, 100)]
 

@@ -83,7 +83,8 @@ def test_consistency_sees_only_unlabelled_rows():
 
 def test_total_adds_labelled_and_weighted_consistency():
     _, cls, cell, boundary = disc_batch(2, 32)
-    outputs = {"cls": torch.randn(4, 3, 32, 32), "cell": torch.randn(4, 1, 32, 32), "boundary": torch.randn(4, 1, 32, 32)}
+    outputs = {"cls": torch.randn(4, 3, 32, 32), "cell": torch.randn(4, 1, 32, 32),
+               "boundary": torch.randn(4, 1, 32, 32)}
     teacher = {"cell": torch.rand(2, 1, 32, 32), "boundary": torch.rand(2, 1, 32, 32)}
     terms = total_loss(outputs, 2, cls, cell, boundary, teacher, LossConfig(consistency_weight=2.0))
     assert float(terms["labelled"]) == pytest.approx(float(terms["cls"] + terms["cell"] + terms["boundary"]))

@@ -87,7 +87,8 @@ def test_teacher_probabilities_are_eval_mode_sigmoids_without_graph():
 def tiny_cfg() -> TrainConfig:
     return load_config(
         "cpu",
-        {"model": {"decoder_channels": [8, 8, 8, 8, 8]}, "augment.crop": 32, "augment.cutmix_p": 1.0, "teacher.ema_decay": 0.5},
+        {"model": {"decoder_channels": [8, 8, 8, 8, 8]}, "augment.crop": 32, "augment.cutmix_p": 1.0,
+         "teacher.ema_decay": 0.5},
     )
 
 

@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from tests.test_train_cli import TINY
-from tests.test_trainer import write_dataset
 from app.manifest import sha256_file
+from tests.training_data import TINY, write_dataset
 from training.__main__ import cli
+from training.checkpoint import load_checkpoint
 from training.config import load_config
-from training.export import cell_like_inputs, export_fp32, max_abs_diff, slim
+from training.export import export_fp32, slim
 from training.model import ModelConfig, MT2Net, ProbabilityModel
 from training.onnx_weights import (
     PARITY_LIMIT,
@@ -26,7 +26,8 @@ from training.onnx_weights import (
     parity,
     scoped_names,
 )
-from training.trainer import LAST, load_checkpoint
+from training.parity import cell_like_inputs, max_abs_diff
+from training.trainer import LAST
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ModelConfig(decoder_channels=(8, 8, 8, 8, 8))

@@ -86,7 +86,8 @@ def test_good_images_of_every_layout_are_segmented(tmp_path: Path, model: Path) 
         assert rows[image]["scales"] == rows["gray8.png"]["scales"]
     fixed_code, _, fixed_out = _run(tmp_path, model, CFG.with_overrides(scale_mode="fixed"))
     assert fixed_code == 0
-    assert _report(fixed_out)["fluo.bmp"]["scales"] == "1.5" and _report(fixed_out)["fluo.bmp"]["size_source"] == "fixed"
+    fixed_row = _report(fixed_out)["fluo.bmp"]
+    assert fixed_row["scales"] == "1.5" and fixed_row["size_source"] == "fixed"
     for row in rows.values():
         assert row["status"] == "ok" and float(row["seconds"]) > 0
         assert float(row["tolerance_s"]) == 10.0
@@ -105,7 +106,8 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
     full = iio.imwrite("<bytes>", _discs(), extension=".png")
     (src / "truncated.png").write_bytes(full[: len(full) // 2])
     (src / "corrupt.tif").write_bytes(b"II*\x00" + bytes(range(256)) * 4)
-    tifffile.imwrite(src / "shape.tif", np.zeros((20, 30, 6), np.uint8), photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(src / "shape.tif", np.zeros((20, 30, 6), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
     iio.imwrite(src / "huge.png", np.zeros((400, 500), np.uint8))
     (src / "notes.txt").write_text("not an image")
     iio.imwrite(src / ".hidden.png", _discs())
@@ -142,7 +144,8 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
     }
     assert rows["good.png"]["status"] == "ok" and rows["good2.tif"]["status"] == "ok"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    assert sorted(p.name for p in out.iterdir()) == ["blocked_label.tiff", "good2_label.tiff", "good_label.tiff", "report.csv"]
+    expected = ["blocked_label.tiff", "good2_label.tiff", "good_label.tiff", "report.csv"]
+    assert sorted(p.name for p in out.iterdir()) == expected
 
 
 def test_missing_input_folder_fails_before_the_model_loads(tmp_path: Path) -> None:

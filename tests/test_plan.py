@@ -11,24 +11,17 @@ from app.plan import (
     Planner,
     candidate_plans,
     choose_plan,
-    crop_shapes,
     estimate_seconds,
     full_plan,
     modality_scales,
     parse_budget,
 )
 from app.runner import ModelRunner
-from tests.onnx_models import contract_model
+from app.tiling import crop_shapes
 
 CFG = InferenceConfig()
 # Fake timings: 0.1 s per model window, host work 0.5 s per megapixel all told.
 COSTS = Costs(window_seconds=0.1, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1)
-
-
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
-    """A real ONNX Runtime session of the tiny contract model (cheap to time)."""
-    return ModelRunner(contract_model(tmp_path_factory.mktemp("plan") / "m.onnx"), device="cpu", threads=1)
 
 
 def test_modality_scales_follow_mt2() -> None:

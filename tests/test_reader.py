@@ -253,3 +253,32 @@ def test_truncated_uncompressed_tiff(tmp_path: Path) -> None:
     (tmp_path / "cut_raw.tif").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputError, match=r"^cut_raw\.tif: corrupt or truncated"):
         read_image(tmp_path / "cut_raw.tif", CAP)
+
+
+def test_the_reader_applies_its_own_pixel_cap_and_leaves_pillow_as_it_found_it(tmp_path: Path) -> None:
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(_u8(64, 64, 3)).save(path)
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100  # Pillow alone would refuse 4,096 px as a decompression bomb
+    try:
+        assert read_image(path, CAP).shape == (64, 64, 3)
+        assert Image.MAX_IMAGE_PIXELS == 100
+        with pytest.raises(InputError, match="wide.jpg"):
+            read_image(path, 1000)  # the reader's own cap still holds
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def test_input_files_and_labelled_pairs_follow_the_listing_rule(tmp_path: Path) -> None:
+    from app.reader import input_files, labelled_pairs
+
+    (tmp_path / "images" / "deeper").mkdir(parents=True)
+    (tmp_path / "labels").mkdir()
+    for name in ("b.PNG", "a.tif", ".hidden.png", "notes.txt", "deeper/c.png"):
+        (tmp_path / "images" / name).write_bytes(b"x")
+    (tmp_path / "labels" / "a_label.tiff").write_bytes(b"x")
+    assert [p.name for p in input_files(tmp_path / "images")] == ["a.tif", "b.PNG"]
+    assert [p.name for p in input_files(tmp_path / "images", recursive=True)] == ["a.tif", "b.PNG", "c.png"]
+    pairs, unlabelled = labelled_pairs(tmp_path / "images", tmp_path / "labels")
+    assert [(image.name, label.name) for image, label in pairs] == [("a.tif", "a_label.tiff")]
+    assert [p.name for p in unlabelled] == ["b.PNG"]

@@ -11,9 +11,8 @@ from app.config import InferenceConfig
 from app.metric import image_f1
 from app.plan import Plan
 from app.runner import ModelRunner
-from app.segment import Tile, owned_labels, paste_owned, segment, segment_tiled, tile_grid
-from tests.onnx_models import contract_model
-
+from app.segment import cut_by_halo, owned_labels, paste_owned, segment, segment_tiled
+from app.tiling import Tile, tile_grid
 
 # Half scale keeps the model's share of the 4000 x 4000 test small and exercises the resize at crop edges.
 PLAN = Plan((0.5,), 256, "test plan")
@@ -21,11 +20,6 @@ PLAN = Plan((0.5,), 256, "test plan")
 TILED = InferenceConfig(window=256, stride=256, batch_size=16, tile_threshold_pixels=1_000_000,
                         tile_size=1000, tile_halo=64, tile_workers=1)
 WHOLE = TILED.with_overrides(tile_threshold_pixels=10**9)
-
-
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory) -> ModelRunner:
-    return ModelRunner(contract_model(tmp_path_factory.mktemp("seg") / "m.onnx"), device="cpu", threads=1)
 
 
 def disc_scene(side: int, spacing: int = 50, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +77,33 @@ def test_owner_is_the_bounding_box_centre_in_global_coordinates() -> None:
     labels[0:10, 0:10] = 3  # in the halo only
     labels[90:111, 10:31] = 4  # centre (150, 70) global: left of the core
     assert owned_labels(labels, tile).tolist() == [1]
+
+
+def test_cells_reaching_an_inner_crop_edge_count_as_cut_by_the_halo() -> None:
+    from scipy import ndimage
+
+    inner = Tile(core=(100, 200, 100, 200), crop=(50, 250, 50, 250))
+    labels = np.zeros((200, 200), np.int32)
+    labels[0:60, 40:61] = 1  # reaches the crop's top edge, which lies inside the image: cut
+    labels[90:111, 90:111] = 2  # well inside the crop
+    labels[150:200, 90:111] = 3  # reaches the bottom edge: cut
+    boxes = ndimage.find_objects(labels)
+    assert cut_by_halo(boxes, np.array([1, 2, 3]), inner, 400, 400) == 2
+    assert cut_by_halo(boxes, np.array([2]), inner, 400, 400) == 0
+    corner = Tile(core=(0, 100, 0, 100), crop=(0, 200, 0, 200))  # crop edges at the image's top and left
+    corner_labels = np.zeros((200, 200), np.int32)
+    corner_labels[0:30, 0:30] = 1  # touches only the image border: whole
+    assert cut_by_halo(ndimage.find_objects(corner_labels), np.array([1]), corner, 400, 400) == 0
+
+
+def test_a_halo_smaller_than_the_cells_is_reported(runner: ModelRunner, caplog: pytest.LogCaptureFixture) -> None:
+    image, _ = disc_scene(1500, seed=5)
+    with caplog.at_level("WARNING", logger="app.segment"):
+        segment_tiled(image, runner, PLAN, TILED, workers=0)
+    assert not caplog.records  # discs of at most 41 px inside a 64 px halo
+    with caplog.at_level("WARNING", logger="app.segment"):
+        segment_tiled(image, runner, PLAN, TILED.with_overrides(tile_halo=8), workers=0)
+    assert len(caplog.records) == 1 and "8 px tile halo" in caplog.records[0].getMessage()
 
 
 def test_paste_gives_global_ids_and_never_overwrites() -> None:

@@ -203,7 +203,7 @@ def test_modality_proportions_follow_the_challenge() -> None:
     assert abs(counts["dic"] / 2000 - 0.2) < 0.04
 
 
-def app_rgb(sample) -> np.ndarray:  # noqa: ANN001
+def app_rgb(sample) -> np.ndarray:
     """The sample's stored image as the app sees it after reading: H×W×3 in the source dtype."""
     img = sample.image
     if sample.fmt.layout == "chw":

@@ -11,34 +11,23 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.test_trainer import write_dataset
+from tests.training_data import TINY, write_dataset
 from training.__main__ import cli
+from training.checkpoint import load_checkpoint
 from training.config import ConfigError, config_fields, load_config, parse_override
-from training.trainer import LAST, load_checkpoint
+from training.trainer import LAST
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = [
-    "--set", "model.decoder_channels=[8, 8, 8, 8, 8]",
-    "--set", "augment.crop=64",
-    "--set", "schedule.batch_size=2",
-    "--set", "schedule.unlabelled_batch_size=2",
-    "--set", "data.repeats=1",
-    "--set", "data.val_fraction=0.25",
-    "--set", "teacher.warmup_epochs=1",
-    "--set", "validation.every_epochs=1",
-    "--set", "validation.window=64",
-    "--set", "runtime.threads=1",
-    "--set", "runtime.progress=false",
-]
 
 
 def test_cli_trains_validates_and_resumes(tmp_path):
     data = write_dataset(tmp_path / "data", labelled=4, unlabelled=2)
     run = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(cli, ["train", "--config", "cpu", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY])
+    result = runner.invoke(cli, ["train", "--config", "cpu", "--data", str(data), "--out", str(run), "--epochs", "1",
+                                 *TINY])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == str(run / "best.pt")
     assert "random weights" in result.output  # no --encoder-weights: said so
@@ -92,5 +81,6 @@ def test_overrides_parse_as_toml_values():
 
 
 def test_module_entry_point_lists_train():
-    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "training", "train", "--help"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert out.returncode == 0 and "--encoder-weights" in out.stdout and "--resume" in out.stdout

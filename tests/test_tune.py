@@ -14,12 +14,20 @@ from click.testing import CliRunner
 from app.cli import cli
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import ModelError
-from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
-from app.runner import ModelRunner
 from app.infer import predict_maps
+from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
 from app.normalize import read_normalized
+from app.reader import labelled_pairs
+from app.runner import ModelRunner
 from app.tune import (
-    Scored, Views, candidate_settings, collect_scores, grid_settings, image_views, labelled_pairs, rank, score_views,
+    Scored,
+    Views,
+    candidate_settings,
+    collect_scores,
+    grid_settings,
+    image_views,
+    rank,
+    score_views,
 )
 from tests.onnx_models import contract_model, disc_image
 
@@ -132,8 +140,9 @@ def test_collect_scores_skips_unreadable_and_mismatched_pairs(tmp_path: Path, we
     (data / "images" / "cell_00002.png").write_bytes(b"not a png")
     tifffile.imwrite(data / "labels" / "cell_00003_label.tiff", np.zeros((10, 10), np.uint16))
     iio.imwrite(data / "images" / "cell_00004.png", disc_image(SHAPE, CENTRES, RADIUS))  # no label file
-    pairs = labelled_pairs(data / "images", data / "labels")
+    pairs, unlabelled = labelled_pairs(data / "images", data / "labels")
     assert [image.name for image, _ in pairs] == ["cell_00001.png", "cell_00002.png", "cell_00003.png"]
+    assert [image.name for image in unlabelled] == ["cell_00004.png"]
     errors: list[str] = []
     candidates = candidate_settings(InferenceConfig(), TuneGrid(flips=(1, 2), cell_thresholds=(0.2,),
                                                                  seed_thresholds=(0.5,), min_seed_areas=(4,)))

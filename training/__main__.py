@@ -33,7 +33,8 @@ def cli() -> None:
 def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_only) -> None:
     """Export a checkpoint to verified fp32 and fp16 ONNX models with a manifest."""
     from app.errors import ModelError
-    from training.export import ExportCheckError, export_checkpoint, parse_sizes, verify_directory
+    from training.export import export_checkpoint, parse_sizes, verify_directory
+    from training.parity import ExportCheckError
 
     try:
         hw = parse_sizes(sizes)
@@ -64,10 +65,13 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
 @click.option("--epochs", type=int, default=None, help="Override schedule.epochs.")
 @click.option("--max-steps", type=int, default=None, help="Override schedule.max_steps.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config field.")
-def train_command(config, data_dirs, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides) -> None:
+def train_command(
+    config, data_dirs, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides
+) -> None:
     """Train MT2 (supervised warm-up, then Mean Teacher); prints the best checkpoint's path."""
+    from training.checkpoint import load_checkpoint
     from training.config import ConfigError, TrainConfig, load_config, parse_override, with_overrides
-    from training.trainer import LAST, load_checkpoint, train
+    from training.trainer import LAST, train
 
     if out_dir is None and resume_dir is None:
         raise click.UsageError("give --out RUN_DIR (or --resume RUN_DIR)")

@@ -7,11 +7,13 @@ defaults section by section; unknown keys are refused so a typo never trains sil
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import tomllib
+
+from app.config import InferenceConfig
 from training.model import ModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -42,7 +44,7 @@ class DataConfig:
     # Where normalised images and targets are cached as .npy files; "" means RUN_DIR/cache.
     cache_dir: str = ""
     # Images above this many pixels are skipped with a message (the app's own limit by default).
-    max_pixels: int = 150_000_000
+    max_pixels: int = InferenceConfig().max_pixels
     # Each labelled image is drawn this many times per epoch (lengthens epochs on tiny datasets).
     repeats: int = 1
     # DataLoader worker processes per rank; 0 loads in the training process.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,10 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from app.config import CHALLENGE, InferenceConfig
+from app.config import InferenceConfig
 from app.errors import InputError
 from app.normalize import read_normalized
-from app.writer import output_name
+from app.reader import input_files, labelled_pairs
+from app.writer import image_stem, output_name, write_atomic
 from training.augment import labelled_view, unlabelled_views
 from training.config import AugmentConfig, DataConfig, TargetConfig
 from training.targets import make_targets
@@ -69,34 +69,14 @@ class Split:
     problems: list[str] = field(default_factory=list)
 
 
-def stem(path: Path) -> str:
-    """Image name up to its first dot, as the challenge names label files."""
-    return path.name.split(".", 1)[0]
-
-
-def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    pattern = "**/*" if recursive else "*"
-    return sorted(
-        p
-        for p in folder.glob(pattern)
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in CHALLENGE.image_extensions
-    )
-
-
 def scan_pairs(folder: Path) -> tuple[list[Sample], list[str]]:
     """Labelled samples of ``folder/images`` + ``folder/labels``; images without a label become problems."""
     images_dir, labels_dir = folder / IMAGES, folder / LABELS
     if not images_dir.is_dir():
         return [], [f"{folder.name}: no {IMAGES}/ folder"]
-    samples: list[Sample] = []
-    problems: list[str] = []
-    for image in _image_files(images_dir):
-        label = labels_dir / output_name(image)
-        if label.is_file():
-            samples.append(Sample(stem(image), image, label))
-        else:
-            problems.append(f"{image.name}: no label file {label.name}")
-    return samples, problems
+    pairs, missing = labelled_pairs(images_dir, labels_dir)
+    samples = [Sample(image_stem(image), image, label) for image, label in pairs]
+    return samples, [f"{image.name}: no label file {output_name(image)}" for image in missing]
 
 
 def scan_unlabelled(folder: Path) -> list[Sample]:
@@ -104,7 +84,7 @@ def scan_unlabelled(folder: Path) -> list[Sample]:
     root = folder / UNLABELLED
     if not root.is_dir():
         return []
-    return [Sample(str(p.relative_to(root).with_suffix("")).replace(os.sep, "__"), p) for p in _image_files(root, True)]
+    return [Sample(str(p.relative_to(root).with_suffix("")).replace(os.sep, "__"), p) for p in input_files(root, True)]
 
 
 def split_dataset(data_dir: Path, cfg: DataConfig) -> Split:
@@ -151,7 +131,7 @@ def split_sources(folders: list[Path], cfg: DataConfig) -> Split:
         if not folder.is_dir():
             merged.problems.append(f"{folder.name}: unlabelled folder not found")
             continue
-        files = _image_files(folder, True)
+        files = input_files(folder, True)
         merged.unlabelled += [
             Sample(str(p.relative_to(folder).with_suffix("")).replace(os.sep, "__"), p, None, len(folders) + offset)
             for p in files
@@ -184,16 +164,9 @@ def _key(paths: list[Path], settings: str) -> str:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file and os.replace, so a reader never sees half a file."""
+    """np.save through the app's atomic writer, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.save(handle, array))
 
 
 def load_labels(path: Path) -> np.ndarray:
@@ -224,12 +197,14 @@ def prepare_sample(
         labels = load_labels(sample.label)
         if labels.shape != rgb.shape[:2]:
             raise InputError(
-                sample.label, f"label is {labels.shape[0]}×{labels.shape[1]} but its image is {rgb.shape[0]}×{rgb.shape[1]}"
+                sample.label,
+                f"label is {labels.shape[0]}×{labels.shape[1]} but its image is {rgb.shape[0]}×{rgb.shape[1]}",
             )
         if not labels.any():
             raise InputError(sample.label, "label map has no cells")
         cls, cell, boundary = make_targets(labels, targets)
-        save_array(targets_npy, np.stack([cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)], -1))
+        stacked = [cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)]
+        save_array(targets_npy, np.stack(stacked, -1))
         if labels_npy is not None:
             save_array(labels_npy, labels)
     save_array(image_npy, rgb)
@@ -371,6 +346,5 @@ __all__ = [
     "split_dataset",
     "split_sources",
     "tag",
-    "stem",
     "steps_per_epoch",
 ]

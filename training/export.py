@@ -1,15 +1,12 @@
 """Checkpoint to verified ONNX models: `mt2.fp32.onnx` (CPU) and `mt2.fp16.onnx` (GPU), plus manifest.json.
 
-Stages, each a function: pick the teacher (or student) weights from a checkpoint; export `ProbabilityModel`
-with the legacy TorchScript exporter (the dynamo exporter needs onnxscript, which training does not install)
-at opset 17 with dynamic batch, height and width; simplify with onnxslim when that removes nodes and keeps
-parity; convert to fp16 with onnxconverter-common keeping float32 inputs and outputs; check both with
-`onnx.checker`; verify through the app's own `ModelRunner`, post-processing and metric; write the manifest.
-
-Verification runs random and cell-like images at two sizes and fails loudly (`ExportCheckError`, naming the
-check and the measured value) when fp32 ONNX differs from PyTorch by more than 1e-4, fp16 from fp32 by more
-than 1e-2, or the fp16 instance maps match the fp32 ones at an F1 below 0.99. Files are written to a staging
-folder and moved into place only when every check passes, so a failed export never replaces good weights.
+Stages, each a function: pick the teacher (or student) weights from a checkpoint (`training.checkpoint`); export
+`ProbabilityModel` with the legacy TorchScript exporter (the dynamo exporter needs onnxscript, which training does
+not install) at opset 17 with dynamic batch, height and width; simplify with onnxslim when that removes nodes and
+keeps parity; convert to fp16 with onnxconverter-common keeping float32 inputs and outputs (the encoder kept in
+fp32 when the all-fp16 file fails parity); check both with `onnx.checker`; verify them (`training.parity`); write
+the manifest with the versions and commit they came from. Files are written to a staging folder and moved into
+place only when every check passes, so a failed export never replaces good weights.
 """
 
 from __future__ import annotations
@@ -20,31 +17,38 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 import app
-from app.config import CHALLENGE, CONTRACT, InferenceConfig
+from app.config import CONTRACT
 from app.manifest import file_entry, sha256_file, write_manifest
+from app.writer import write_atomic
+from training.checkpoint import load_checkpoint, network_from_checkpoint
 from training.model import ModelConfig, MT2Net, ProbabilityModel, parameter_count
-from training.torch_runner import TorchRunner
+from training.parity import (
+    FP16_TOLERANCE,
+    FP32_TOLERANCE,
+    MIN_INSTANCE_F1,
+    VERIFY_SIZES,
+    ExportCheckError,
+    Parity,
+    max_abs_diff,
+    random_inputs,
+    torch_probabilities,
+    verify,
+)
 
 OPSET = 17
-FP32_TOLERANCE = 1e-4  # fp32 ONNX vs PyTorch, max abs difference of probabilities
-FP16_TOLERANCE = 1e-2  # fp16 ONNX vs fp32 ONNX, max abs difference of probabilities
-MIN_INSTANCE_F1 = 0.99  # fp16 vs fp32 instance maps after MT2 post-processing
 # Node-name prefixes kept in fp32, tried in turn when an all-fp16 model fails the parity checks (docs/EXPORT.md).
 # The MobileNetV2 encoder carries nearly all of the fp16 error: keeping the decoder (or the heads) in fp32 left
 # the shipped real-data checkpoint at 1.03e-2, keeping the encoder removes most of it.
 FP32_FALLBACKS: tuple[tuple[str, ...], ...] = (("/net/encoder/",),)
-VERIFY_SIZES: tuple[tuple[int, int], ...] = ((256, 256), (320, 448))
 SIZE_BUDGET_BYTES = 30_000_000  # files meant for git (weights/) stay below this
-WHICH = ("teacher", "student")
 VERSION_PACKAGES = (
     "torch",
     "segmentation-models-pytorch",
@@ -57,58 +61,6 @@ VERSION_PACKAGES = (
     "scikit-image",
 )
 DYNAMIC = {0: "N", 2: "H", 3: "W"}
-
-
-class ExportCheckError(Exception):
-    """A verification check failed; the message names the check, the measured value and the limit."""
-
-    def __init__(self, check: str, measured: float, limit: float, detail: str = "") -> None:
-        self.check, self.measured, self.limit = check, measured, limit
-        extra = f" ({detail})" if detail else ""
-        super().__init__(f"export check '{check}' failed: measured {measured:.3g}, limit {limit:.3g}{extra}")
-
-
-# --- checkpoint ---------------------------------------------------------------------------------------------
-
-
-def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Read a training checkpoint on the CPU.
-
-    Checkpoints also hold optimiser and RNG states (numpy objects), so this is a full unpickle: export only
-    checkpoints you made or trust.
-    """
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"{Path(path).name}: cannot read checkpoint ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(ckpt, dict) or "student" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{Path(path).name}: not an MT2 checkpoint (needs 'student' and 'model_config')")
-    return ckpt
-
-
-def network_from_checkpoint(ckpt: dict[str, Any], which: str = "teacher") -> tuple[MT2Net, str, str | None]:
-    """Rebuild the network with the chosen weights: (net in eval mode, weights used, notice or None).
-
-    The teacher is the default (the EMA average is less noisy); a checkpoint saved before the teacher started
-    falls back to the student with a notice.
-    """
-    if which not in WHICH:
-        raise ValueError(f"--which must be one of {WHICH}, got {which!r}")
-    notice = None
-    state = ckpt.get(which)
-    used = which
-    if state is None and which == "teacher":
-        state, used = ckpt["student"], "student"
-        notice = "checkpoint has no teacher (saved before Mean Teacher started): exporting the student"
-    if state is None:
-        raise ValueError(f"checkpoint has no {which} weights")
-    net = MT2Net(ModelConfig.from_dict(ckpt["model_config"]))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{used} weights do not fit the checkpoint's model_config ({first})") from exc
-    return net.eval(), used, notice
 
 
 # --- export, simplify, convert ------------------------------------------------------------------------------
@@ -147,7 +99,7 @@ def slim(src: Path, dst: Path) -> Path:
     import onnxslim
 
     model = onnxslim.slim(onnx.load(str(src)))
-    onnx.save(model, str(dst))
+    write_atomic(dst, lambda handle: onnx.save(model, handle))
     return dst
 
 
@@ -169,7 +121,7 @@ def convert_fp16(src: Path, dst: Path, keep_fp32: tuple[str, ...] = ()) -> dict[
         warnings.simplefilter("always", UserWarning)
         blocked = [node.name for node in model.graph.node if keep_fp32 and node.name.startswith(keep_fp32)]
         model = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
-    onnx.save(model, str(dst))
+    write_atomic(dst, lambda handle: onnx.save(model, handle))
     clipped = {"small": 0, "large": 0}
     for w in caught:
         text = str(w.message)
@@ -184,165 +136,6 @@ def check_onnx(path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(str(path), full_check=True)
-
-
-# --- verification inputs ------------------------------------------------------------------------------------
-
-
-def random_inputs(h: int, w: int, seed: int, batch: int = 2) -> np.ndarray:
-    """Uniform noise in [0, 1]: exercises every weight, but looks like no microscope image."""
-    return np.random.default_rng(seed).random((batch, CONTRACT.input_channels, h, w), dtype=np.float32)
-
-
-def cell_like_inputs(h: int, w: int, seed: int) -> np.ndarray:
-    """Three cell-like images (fluorescence, stained brightfield, phase-like), float32 3×3×H×W in [0, 1].
-
-    Cells are blurred ellipses with dome-shaped intensity, touching neighbours, uneven background and noise,
-    quantised to uint8 steps like the app's normalised input.
-    """
-    from skimage.filters import gaussian
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w].astype(np.float32)
-    dome = np.zeros((h, w), np.float32)
-    rim = np.zeros((h, w), np.float32)
-    n_cells = max(4, (h * w) // 3000)
-    for _ in range(n_cells):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        a, b = rng.uniform(7, 22), rng.uniform(7, 22)
-        t = rng.uniform(0, np.pi)
-        dy, dx = yy - cy, xx - cx
-        u = (dx * np.cos(t) + dy * np.sin(t)) / a
-        v = (-dx * np.sin(t) + dy * np.cos(t)) / b
-        r2 = u * u + v * v
-        inside = r2 <= 1
-        dome = np.where(inside, np.maximum(dome, (1 - 0.6 * r2) * rng.uniform(0.5, 1.0)), dome)
-        rim = np.maximum(rim, np.exp(-((np.sqrt(r2) - 1) ** 2) / 0.01))
-    dome = gaussian(dome, 1.5)
-    rim = gaussian(rim, 1.0)
-    light = 1 + 0.15 * np.sin(yy / h * np.pi + rng.uniform(0, 3)) * np.cos(xx / w * np.pi)
-
-    def noisy(img: np.ndarray, sigma: float) -> np.ndarray:
-        return np.clip(img + rng.normal(0, sigma, img.shape).astype(np.float32), 0, 1)
-
-    fluo = np.stack([np.zeros_like(dome), 0.9 * dome * light, 0.5 * dome * light]) + 0.03
-    stain = np.array([0.45, 0.6, 0.35], np.float32)[:, None, None]
-    bright = 0.85 * light[None] - stain * dome[None]
-    phase = np.repeat((0.45 * light + 0.35 * rim - 0.25 * dome)[None], 3, axis=0)
-    batch = np.stack([noisy(fluo, 0.01), noisy(bright, 0.02), noisy(phase, 0.02)])
-    batch[0, 0] = 0  # fluorescence in the challenge comes with an empty red channel
-    return (np.round(np.clip(batch, 0, 1) * 255) / 255).astype(np.float32)
-
-
-def verification_inputs(
-    sizes: tuple[tuple[int, int], ...] = VERIFY_SIZES, seed: int = 0
-) -> list[tuple[str, np.ndarray]]:
-    """(name, batch) pairs: random and cell-like images at each size."""
-    cases = []
-    for k, (h, w) in enumerate(sizes):
-        cases.append((f"random {h}x{w}", random_inputs(h, w, seed + k)))
-        cases.append((f"cells {h}x{w}", cell_like_inputs(h, w, seed + k)))
-    return cases
-
-
-# --- verification -------------------------------------------------------------------------------------------
-
-
-def torch_probabilities(net: nn.Module, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Reference probabilities (cls, cell, boundary) from PyTorch in float32 on the CPU (the validation runner)."""
-    return TorchRunner(net, torch.device("cpu")).run(batch)
-
-
-def max_abs_diff(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> float:
-    """Largest absolute difference over all outputs; NaN anywhere counts as infinite."""
-    worst = 0.0
-    for x, y in zip(a, b):
-        d = np.abs(x.astype(np.float64) - y.astype(np.float64))
-        worst = max(worst, float("inf") if not np.all(np.isfinite(d)) else float(d.max()))
-    return worst
-
-
-def instance_agreement(
-    reference: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...], cfg: InferenceConfig
-) -> tuple[float, int]:
-    """Worst F1 of `other`'s instance maps against `reference`'s over a batch, and the reference cell count.
-
-    Both are predictions of the same image, so every cell counts (no border frame). Two empty maps agree
-    (F1 1.0); the returned count shows whether the comparison was about any cells at all.
-    """
-    from app.metric import image_scores
-    from app.postprocess import instance_map
-
-    rules = replace(CHALLENGE, border_width=0)
-    worst, cells = 1.0, 0
-    for i in range(reference[1].shape[0]):
-        ref = instance_map(reference[1][i, 0], reference[2][i, 0], cfg)
-        got = instance_map(other[1][i, 0], other[2][i, 0], cfg)
-        n_ref = int(ref.max(initial=0))
-        cells += n_ref
-        if n_ref == 0 and int(got.max(initial=0)) == 0:
-            continue
-        worst = min(worst, image_scores(ref, got, rules).f1)
-    return worst, cells
-
-
-@dataclass
-class Parity:
-    """Measured agreement of the exported files, per input and overall."""
-
-    fp32_vs_torch: float = 0.0
-    fp16_vs_fp32: float = 0.0
-    fp16_instance_f1: float = 1.0
-    cells_compared: int = 0
-    providers: dict[str, str] = field(default_factory=dict)
-    cases: list[dict[str, Any]] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"fp32 vs PyTorch max |diff| {self.fp32_vs_torch:.2e} (limit {FP32_TOLERANCE:g}); "
-            f"fp16 vs fp32 max |diff| {self.fp16_vs_fp32:.2e} (limit {FP16_TOLERANCE:g}); "
-            f"fp16 instance F1 {self.fp16_instance_f1:.4f} over {self.cells_compared} cells "
-            f"(limit {MIN_INSTANCE_F1:g})"
-        )
-
-
-def verify(
-    net: nn.Module,
-    fp32_path: Path,
-    fp16_path: Path,
-    sizes: tuple[tuple[int, int], ...] = VERIFY_SIZES,
-    device: str = "cpu",
-    threads: int = 0,
-    cfg: InferenceConfig = InferenceConfig(),
-) -> Parity:
-    """Run every parity check through the app's ModelRunner; raise ExportCheckError on the first failure."""
-    from app.runner import ModelRunner
-
-    run32 = ModelRunner(fp32_path, device=device, threads=threads)
-    run16 = ModelRunner(fp16_path, device=device, threads=threads)
-    if run32.precision != "fp32" or run16.precision != "fp16":
-        raise ExportCheckError("file precision", 0, 0, f"app reads {run32.precision} and {run16.precision}")
-    parity = Parity(providers={"fp32": run32.provider, "fp16": run16.provider})
-    for name, batch in verification_inputs(sizes):
-        ref = torch_probabilities(net, batch)
-        out32 = run32.run(batch)
-        out16 = run16.run(batch)
-        d32, d16 = max_abs_diff(ref, out32), max_abs_diff(out32, out16)
-        f1, cells = instance_agreement(out32, out16, cfg)
-        parity.cases.append(
-            {"input": name, "fp32_vs_torch": d32, "fp16_vs_fp32": d16, "fp16_instance_f1": f1, "cells": cells}
-        )
-        parity.fp32_vs_torch = max(parity.fp32_vs_torch, d32)
-        parity.fp16_vs_fp32 = max(parity.fp16_vs_fp32, d16)
-        parity.fp16_instance_f1 = min(parity.fp16_instance_f1, f1)
-        parity.cells_compared += cells
-        if not d32 <= FP32_TOLERANCE:
-            raise ExportCheckError("fp32 ONNX vs PyTorch max abs diff", d32, FP32_TOLERANCE, name)
-        if not d16 <= FP16_TOLERANCE:
-            raise ExportCheckError("fp16 vs fp32 max abs diff", d16, FP16_TOLERANCE, name)
-        if not f1 >= MIN_INSTANCE_F1:
-            raise ExportCheckError("fp16 vs fp32 instance-map F1", f1, MIN_INSTANCE_F1, f"{name}, {cells} cells")
-    return parity
 
 
 # --- provenance ---------------------------------------------------------------------------------------------
@@ -534,6 +327,17 @@ def manifest_meta(
     }
 
 
+def export_fp32_only(checkpoint: Path | str, out_dir: Path | str, which: str = "teacher") -> Path:
+    """Only `mt2.fp32.onnx` and a manifest naming the checkpoint: no simplification, no fp16 file and none of
+    its parity checks. For models that are scored on the CPU and thrown away (the Mean Teacher against
+    supervised-only comparison of the accuracy benchmark); shipped weights go through `export_checkpoint`."""
+    out_dir = Path(out_dir)
+    net, used, _ = network_from_checkpoint(load_checkpoint(checkpoint), which)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_fp32(net, out_dir / CONTRACT.fp32_file)
+    return write_manifest(out_dir, [CONTRACT.fp32_file], {"checkpoint": str(checkpoint), "weights": used})
+
+
 def verify_directory(
     checkpoint: Path | str,
     out_dir: Path | str,
@@ -570,14 +374,10 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 __all__ = [
     "ExportCheckError",
     "ExportResult",
-    "Parity",
-    "cell_like_inputs",
     "convert_fp16",
     "export_checkpoint",
     "export_fp32",
-    "load_checkpoint",
-    "network_from_checkpoint",
+    "export_fp32_only",
     "parse_sizes",
-    "verify",
     "verify_directory",
 ]

@@ -69,12 +69,8 @@ class ProbabilityModel(nn.Module):
         return out["cls"].softmax(dim=1), out["cell"].sigmoid(), out["boundary"].sigmoid()
 
 
-def build_model(config: ModelConfig) -> MT2Net:
-    return MT2Net(config)
-
-
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["HEADS", "MT2Net", "ModelConfig", "ProbabilityModel", "build_model", "parameter_count"]
+__all__ = ["HEADS", "MT2Net", "ModelConfig", "ProbabilityModel", "parameter_count"]

@@ -89,7 +89,7 @@ def onnx_conv_weights(path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarra
 
     try:
         model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a file that is not ONNX
+    except Exception as exc:
         raise ValueError(f"{Path(path).name}: not a readable ONNX model ({type(exc).__name__})") from exc
     tensors = {t.name: t for t in model.graph.initializer}
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -168,7 +168,7 @@ def calibrate_batchnorm(net: nn.Module, norms: dict[str, nn.BatchNorm2d], images
 def parity(net: MT2Net, path: Path | str, images: torch.Tensor) -> float:
     """Largest absolute difference between `net` (eval) and ONNX Runtime running `path` on `images`."""
     from app.runner import ModelRunner
-    from training.export import max_abs_diff, torch_probabilities
+    from training.parity import max_abs_diff, torch_probabilities
 
     batch = images.numpy().astype(np.float32)
     return max_abs_diff(torch_probabilities(net, batch), ModelRunner(path, device="cpu").run(batch))
@@ -181,7 +181,9 @@ def load_onnx_weights(net: MT2Net, path: Path | str, images: torch.Tensor, limit
     calibrate_batchnorm(net, norms, images)
     measured = parity(net, path, images)
     if not measured <= limit:
-        raise ValueError(f"{Path(path).name}: rebuilt network differs from the file by {measured:.2e} (limit {limit:g})")
+        raise ValueError(
+            f"{Path(path).name}: rebuilt network differs from the file by {measured:.2e} (limit {limit:g})"
+        )
     return measured
 
 

@@ -109,4 +109,7 @@ def make_targets(
     return cls, cell, bound
 
 
-__all__ = ["BACKGROUND", "BOUNDARY", "INTERIOR", "blur", "disk", "inner_boundary", "kernel_sigma", "kernel_size", "make_targets"]
+__all__ = [
+    "BACKGROUND", "BOUNDARY", "INTERIOR", "blur", "disk", "inner_boundary", "kernel_sigma", "kernel_size",
+    "make_targets",
+]

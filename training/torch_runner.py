@@ -21,6 +21,7 @@ class TorchRunner:
         self.amp = amp and device.type == "cuda"
         self.dtype = np.float32
         self.provider = f"torch-{device.type}"
+        self.input_hw: tuple[int, int] | None = None  # any window size
 
     @torch.no_grad()
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -35,6 +34,7 @@ from tqdm import tqdm
 from app.config import InferenceConfig
 from app.manifest import sha256_file
 from training.augment import apply_cutmix, cutmix_boxes
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import (
     EpochSampler,
@@ -154,7 +154,9 @@ def validation_config(cfg: TrainConfig) -> InferenceConfig:
     """The app's InferenceConfig for validation: configured scales, window = crop unless set."""
     window = cfg.validation.window or cfg.augment.crop
     stride = cfg.validation.stride or max(window // 2, 1)
-    return InferenceConfig(scales=cfg.validation.scales, window=window, stride=stride, batch_size=cfg.validation.batch_size)
+    return InferenceConfig(
+        scales=cfg.validation.scales, window=window, stride=stride, batch_size=cfg.validation.batch_size
+    )
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
@@ -173,26 +175,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save through a temporary file and os.replace: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by `save_checkpoint` (holds RNG states, hence weights_only=False)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.name}: no checkpoint in {path.parent.name}")
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -272,9 +254,10 @@ def train_step(
 class CsvLog:
     """One row per epoch in RUN_DIR/log.csv (appended on resume), mirrored to TensorBoard when installed."""
 
-    FIELDS = ("epoch", "step", "lr", "seconds", "sec_per_step", "cpu_sec_per_step") + tuple(f"loss_{t}" for t in LOSS_TERMS) + (
-        "val_f1",
-        "teacher",
+    FIELDS = (
+        ("epoch", "step", "lr", "seconds", "sec_per_step", "cpu_sec_per_step")
+        + tuple(f"loss_{t}" for t in LOSS_TERMS)
+        + ("val_f1", "teacher")
     )
 
     def __init__(self, out_dir: Path, tensorboard: bool) -> None:
@@ -383,6 +366,124 @@ def train(
             dist.destroy_process_group()
 
 
+def start_weights(
+    net: MT2Net,
+    crops: LabelledCrops,
+    device: torch.device,
+    encoder_weights: Path | None,
+    init_onnx: Path | None,
+    log: Log,
+) -> dict[str, Any] | None:
+    """Weights of a fresh run: an exported ONNX file (BatchNorms calibrated on the first labelled crops; its
+    name, sha256 and parity are returned for the checkpoint), else ImageNet encoder weights, else random."""
+    if init_onnx is not None:
+        count = min(len(crops), CALIBRATION_CROPS)
+        batch = torch.stack([crops[(i, 0, i)]["image"] for i in range(count)])
+        measured = load_onnx_weights(net, Path(init_onnx), batch)
+        log(f"weights: {Path(init_onnx).name} loaded, BatchNorm calibrated on {count} crops, parity {measured:.1e}")
+        return {"file": Path(init_onnx).name, "sha256": sha256_file(init_onnx), "parity": measured}
+    if encoder_weights is not None:
+        count = load_encoder_weights(net.to(device), Path(encoder_weights))
+        log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
+    else:
+        log("warning: no --encoder-weights given: the encoder starts from random weights")
+    return None
+
+
+def step_budget(cfg: TrainConfig, labelled: int, world: int) -> tuple[int, int]:
+    """(steps per epoch, total steps): the epochs' steps, capped by `schedule.max_steps` when set."""
+    steps = steps_per_epoch(labelled, cfg.data.repeats, cfg.schedule.batch_size, world)
+    total = steps * cfg.schedule.epochs
+    return steps, min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps > 0 else total
+
+
+def restore(
+    checkpoint: dict[str, Any], net: nn.Module, optimizer: Any, scheduler: Any, scaler: Any
+) -> tuple[nn.Module | None, int, int, float | None]:
+    """Load a run's state from its checkpoint into the live objects: (teacher or None, epoch, step, best F1)."""
+    net.load_state_dict(checkpoint["student"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    teacher = None
+    if checkpoint["teacher"] is not None:
+        teacher = make_teacher(net)
+        teacher.load_state_dict(checkpoint["teacher"])
+    set_rng_state(checkpoint["rng"])
+    return teacher, int(checkpoint["epoch"]), int(checkpoint["step"]), checkpoint["metrics"].get("best_val_f1")
+
+
+def log_sources(folders: list[Path], sources: list[int], probs: np.ndarray | None, log: Log) -> None:
+    """One line per data folder: its labelled images and their share of the labelled draws."""
+    for index, folder in enumerate(folders):
+        mine = [source == index for source in sources]
+        share = probs[mine].sum() if probs is not None else sum(mine) / max(1, len(sources))
+        log(f"source {folder.name}: {sum(mine)} labelled image(s), {share:.0%} of labelled draws")
+
+
+def validate_if_due(
+    model: nn.Module,
+    samples: list[Prepared],
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    last_epoch: bool,
+    best: float | None,
+) -> tuple[float | None, bool]:
+    """Validation F1 after `epoch` when it is due (every `validation.every_epochs` and after the last), else None;
+    and whether this checkpoint is the best so far (always, when there are no validation images)."""
+    every = cfg.validation.every_epochs
+    if not (samples and every > 0 and (epoch % every == 0 or last_epoch)):
+        return None, not samples
+    f1 = validate(model, samples, cfg, device)
+    return f1, best is None or f1 > best
+
+
+def run_epoch(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    loader: Any,
+    unlabelled_iter: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: Any,
+    cfg: TrainConfig,
+    device: torch.device,
+    step: int,
+    epoch_steps: int,
+    bar: tqdm,
+) -> tuple[int, int, dict[str, float]]:
+    """Up to `epoch_steps` steps on the labelled loader's batches (with the unlabelled stream once there is a
+    teacher): (the step count after them, the steps done, each loss term summed over them)."""
+    sums = {name: 0.0 for name in LOSS_TERMS}
+    done = 0
+    for batch in loader:
+        if done >= epoch_steps:
+            break
+        unlabelled = next(unlabelled_iter) if unlabelled_iter is not None else None
+        terms = train_step(student, teacher, batch, unlabelled, optimizer, scheduler, scaler, cfg, step, device)
+        step += 1
+        done += 1
+        for name in LOSS_TERMS:
+            sums[name] += terms[name]
+        bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+        bar.update(1)
+    return step, done, sums
+
+
+def epoch_row(
+    epoch: int, step: int, lr: float, seconds: float, cpu_seconds: float, done: int, sums: dict[str, float],
+    has_teacher: bool, val_f1: float | None,
+) -> dict[str, Any]:
+    """The log.csv row of one epoch: timing per step, mean loss terms, validation F1 ("" when not run)."""
+    row = {"epoch": epoch, "step": step, "lr": lr, "seconds": round(seconds, 3),
+           "sec_per_step": round(seconds / max(done, 1), 4),
+           "cpu_sec_per_step": round(cpu_seconds / max(done, 1), 4), "teacher": int(has_teacher),
+           "val_f1": val_f1 if val_f1 is not None else ""}
+    row.update({f"loss_{k}": v / max(done, 1) for k, v in sums.items()})
+    return row
+
+
 def _train(
     cfg: TrainConfig,
     data_dirs: list[Path],
@@ -399,7 +500,9 @@ def _train(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(out_dir / LAST) if resume else None
     if checkpoint is not None:
-        cfg = TrainConfig.from_dict({**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)})
+        cfg = TrainConfig.from_dict(
+            {**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)}
+        )
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
     data = prepare_data(cfg, data_dirs, cache, place, log)
     log(
@@ -411,27 +514,14 @@ def _train(
     net = MT2Net(cfg.model)
     labelled_set = LabelledCrops(data.labelled, cfg.augment, cfg.runtime.seed)
     started_from = checkpoint.get("init_onnx") if checkpoint is not None else None
-    if checkpoint is None and init_onnx is not None:
-        count = min(len(labelled_set), CALIBRATION_CROPS)
-        crops = torch.stack([labelled_set[(i, 0, i)]["image"] for i in range(count)])
-        measured = load_onnx_weights(net, Path(init_onnx), crops)
-        started_from = {"file": Path(init_onnx).name, "sha256": sha256_file(init_onnx), "parity": measured}
-        log(f"weights: {Path(init_onnx).name} loaded, BatchNorm calibrated on {count} crops, parity {measured:.1e}")
+    if checkpoint is None:
+        started_from = start_weights(net, labelled_set, device, encoder_weights, init_onnx, log)
     net = net.to(device)
-    if checkpoint is None and init_onnx is None:
-        if encoder_weights is not None:
-            count = load_encoder_weights(net, Path(encoder_weights))
-            log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
-        else:
-            log("warning: no --encoder-weights given: the encoder starts from random weights")
     student: nn.Module = net
     if place.world > 1:
         student = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(net, cfg)
-    steps = steps_per_epoch(len(data.labelled), cfg.data.repeats, cfg.schedule.batch_size, place.world)
-    total_steps = steps * cfg.schedule.epochs
-    if cfg.schedule.max_steps > 0:
-        total_steps = min(total_steps, cfg.schedule.max_steps)
+    steps, total_steps = step_budget(cfg, len(data.labelled), place.world)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: cosine_factor(s, total_steps, cfg.optim.min_lr_ratio)
     )
@@ -439,16 +529,7 @@ def _train(
     teacher: nn.Module | None = None
     epoch, step, best_f1 = 0, 0, None
     if checkpoint is not None:
-        net.load_state_dict(checkpoint["student"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        if checkpoint["teacher"] is not None:
-            teacher = make_teacher(net)
-            teacher.load_state_dict(checkpoint["teacher"])
-        epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-        best_f1 = checkpoint["metrics"].get("best_val_f1")
-        set_rng_state(checkpoint["rng"])
+        teacher, epoch, step, best_f1 = restore(checkpoint, net, optimizer, scheduler, scaler)
         log(f"resumed from {LAST} at epoch {epoch}, step {step}")
 
     csv_log = CsvLog(out_dir, cfg.runtime.tensorboard) if place.main else None
@@ -482,11 +563,7 @@ def _train(
     labelled_probs = sampling_probabilities([p.source for p in data.labelled], cfg.data.weights)
     unlabelled_probs = sampling_probabilities([p.source for p in data.unlabelled], cfg.data.weights)
     if place.main and len(data_dirs) > 1:
-        for index, folder in enumerate(data_dirs):
-            count = sum(p.source == index for p in data.labelled)
-            share = (labelled_probs[[p.source == index for p in data.labelled]].sum() if labelled_probs is not None
-                     else count / max(1, len(data.labelled)))
-            log(f"source {folder.name}: {count} labelled image(s), {share:.0%} of labelled draws")
+        log_sources(data_dirs, [p.source for p in data.labelled], labelled_probs, log)
     semi = cfg.teacher.semi_supervised and len(data.unlabelled) > 0
     if cfg.teacher.semi_supervised and not data.unlabelled:
         log("warning: semi_supervised is on but there are no unlabelled images; training supervised only")
@@ -503,42 +580,25 @@ def _train(
             if teacher is not None
             else None
         )
-        sums = {name: 0.0 for name in LOSS_TERMS}
-        done = 0
         started, cpu_started = time.perf_counter(), time.process_time()
         bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
                    disable=not (cfg.runtime.progress and place.main), file=sys.stderr)
-        for batch in labelled_loader:
-            if done >= epoch_steps:
-                break
-            unlabelled = next(unlabelled_iter) if unlabelled_iter is not None else None
-            terms = train_step(student, teacher, batch, unlabelled, optimizer, scheduler, scaler, cfg, step, device)
-            step += 1
-            done += 1
-            for name in LOSS_TERMS:
-                sums[name] += terms[name]
-            bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
-            bar.update(1)
+        step, done, sums = run_epoch(student, teacher, labelled_loader, unlabelled_iter, optimizer, scheduler, scaler,
+                                     cfg, device, step, epoch_steps, bar)
         bar.close()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         epoch += 1
         last_epoch = epoch >= cfg.schedule.epochs or step >= total_steps
         metrics["val_f1"] = None
         if place.main:
-            every = cfg.validation.every_epochs
-            if data.validation and every > 0 and (epoch % every == 0 or last_epoch):
-                f1 = validate(teacher if teacher is not None else net, data.validation, cfg, device)
-                metrics["val_f1"] = f1
-                improved = metrics["best_val_f1"] is None or f1 > metrics["best_val_f1"]
-                if improved:
-                    metrics["best_val_f1"] = f1
-            else:
-                improved = not data.validation
-            row = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[-1], "seconds": round(seconds, 3),
-                   "sec_per_step": round(seconds / max(done, 1), 4),
-                   "cpu_sec_per_step": round(cpu_seconds / max(done, 1), 4), "teacher": int(teacher is not None),
-                   "val_f1": metrics["val_f1"] if metrics["val_f1"] is not None else ""}
-            row.update({f"loss_{k}": v / max(done, 1) for k, v in sums.items()})
+            metrics["val_f1"], improved = validate_if_due(
+                teacher if teacher is not None else net, data.validation, cfg, device, epoch, last_epoch,
+                metrics["best_val_f1"],
+            )
+            if metrics["val_f1"] is not None and improved:
+                metrics["best_val_f1"] = metrics["val_f1"]
+            row = epoch_row(epoch, step, scheduler.get_last_lr()[-1], seconds, cpu_seconds, done, sums,
+                            teacher is not None, metrics["val_f1"])
             csv_log.write(row)
             state = payload(epoch)
             save_checkpoint(out_dir / LAST, state)
@@ -550,9 +610,7 @@ def _train(
     if csv_log is not None:
         csv_log.close()
     if data.problems:
-        log(f"skipped {len(data.problems)} file(s):")
-        for problem in data.problems:
-            log(f"  {problem}")
+        log(f"skipped {len(data.problems)} file(s):\n" + "\n".join(f"  {problem}" for problem in data.problems))
     return best_path
 
 
@@ -594,9 +652,7 @@ __all__ = [
     "build_optimizer",
     "cosine_factor",
     "init_distributed",
-    "load_checkpoint",
     "load_encoder_weights",
-    "save_checkpoint",
     "select_device",
     "train",
     "train_step",

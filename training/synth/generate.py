@@ -13,13 +13,13 @@ from typing import Iterable
 
 import numpy as np
 
+from app.config import CHALLENGE
+from app.writer import write_labels
 from training.synth.fields import illumination
 from training.synth.formats import JPEG_QUALITY, StorageFormat, pick_format, quantise
 from training.synth.modalities import render, uniform
 from training.synth.noise import acquire
 from training.synth.params import ModalityParams, SynthConfig
-from app.config import CHALLENGE
-from app.writer import write_labels
 from training.synth.writer import write_image, write_meta
 
 MAX_RETRIES = 20

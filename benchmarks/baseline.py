@@ -9,7 +9,7 @@ Per image, on the app's own normalised RGB (`app.normalize`), so it sees exactly
 3. seeds at the peaks of the distance transform, then a watershed of the negated distance to split
    touching cells.
 
-Usage: ``python -m training.baseline INPUT_DIR OUTPUT_DIR`` writes ``<name>_label.tiff`` per image.
+Usage: ``python -m benchmarks.baseline INPUT_DIR OUTPUT_DIR`` writes ``<name>_label.tiff`` per image.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from skimage.segmentation import watershed
 from app.config import InferenceConfig
 from app.metric import relabel
 from app.normalize import is_fluorescence, normalize, to_rgb
-
 
 MAX_SPACING = 50  # px: largest seed spacing
 
@@ -132,6 +131,6 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m training.baseline INPUT_DIR OUTPUT_DIR")
+        sys.exit("usage: python -m benchmarks.baseline INPUT_DIR OUTPUT_DIR")
     done = segment_folder(Path(sys.argv[1]), Path(sys.argv[2]))
     print(f"wrote {len(done)} label files to {sys.argv[2]}")
