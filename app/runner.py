@@ -253,7 +253,7 @@ class ModelRunner:
             providers = [(CUDA, {"cudnn_conv_algo_search": cudnn_search}), CPU]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:
+        except Exception as exc:  # ORT raises several types for unreadable models: each becomes one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path.name}: cannot load the ONNX model ({first})") from exc
         self.provider = self.session.get_providers()[0]

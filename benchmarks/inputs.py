@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from app.metric import evaluate_folders, read_labels
-from app.reader import list_inputs, read_image
-from app.writer import output_name, write_labels
+from app.reader import labelled_pairs, read_image
+from app.writer import write_labels
 from benchmarks.accuracy import emit, folder_name, log, machine, predict_with_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def pairs(folder: Path, count: int) -> list[tuple[Path, Path]]:
-    images = [p for p in list_inputs(folder / "images")[0] if (folder / "labels" / output_name(p)).is_file()]
-    images = images[:count] if count else images
-    return [(p, folder / "labels" / output_name(p)) for p in images]
+    """The first `count` (all with 0) labelled images of a challenge-layout folder, as (image, label) pairs."""
+    found = labelled_pairs(folder / "images", folder / "labels")[0]
+    return found[:count] if count else found
 
 
 def grey_signal(image: np.ndarray) -> np.ndarray | None:

@@ -32,7 +32,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(f"{path.name}: no checkpoint in {path.parent.name}")
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # torch raises many types for bad files: each becomes one line
         raise ValueError(f"{path.name}: cannot read checkpoint ({str(exc).splitlines()[0]})") from exc
     if not isinstance(ckpt, dict) or "student" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path.name}: not an MT2 checkpoint (needs 'student' and 'model_config')")

@@ -89,7 +89,7 @@ def onnx_conv_weights(path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarra
 
     try:
         model = onnx.load(str(path))
-    except Exception as exc:
+    except Exception as exc:  # protobuf raises several types for a file that is not ONNX
         raise ValueError(f"{Path(path).name}: not a readable ONNX model ({type(exc).__name__})") from exc
     tensors = {t.name: t for t in model.graph.initializer}
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}

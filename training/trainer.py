@@ -513,8 +513,9 @@ def _train(
     torch.manual_seed(cfg.runtime.seed)
     net = MT2Net(cfg.model)
     labelled_set = LabelledCrops(data.labelled, cfg.augment, cfg.runtime.seed)
-    started_from = checkpoint.get("init_onnx") if checkpoint is not None else None
-    if checkpoint is None:
+    if checkpoint is not None:
+        started_from = checkpoint.get("init_onnx")
+    else:
         started_from = start_weights(net, labelled_set, device, encoder_weights, init_onnx, log)
     net = net.to(device)
     student: nn.Module = net
