@@ -15,6 +15,9 @@ from app.config import EXTRA_SUFFIXES
 @click.version_option(package_name=None, version=__import__("app").__version__)
 def cli() -> None:
     """MT2 cell segmentation for multi-modality microscopy."""
+    from app.logs import setup_logging
+
+    setup_logging()
 
 
 # Commands are added below by the modules that own them (predict, evaluate, tune, timing).
@@ -104,14 +107,13 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     Exit code 0 when every image (and every extra asked for) was written, 1 when any image or extra failed, 2
     when the run could not start.
     """
-    import logging
-
     from app.config import InferenceConfig
     from app.errors import ModelError
+    from app.logs import setup_logging
     from app.manifest import postprocess_settings
     from app.pipeline import SetupError, run_folder
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    setup_logging(verbose)
     extras = [name for name in EXTRA_SUFFIXES if options.pop(name)]  # the rest are config fields
     model = model or default_model()
     try:

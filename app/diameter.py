@@ -25,7 +25,7 @@ import numpy as np
 from skimage.segmentation import clear_border
 
 from app.config import InferenceConfig
-from app.infer import predict_maps
+from app.infer import Plan, predict_maps
 from app.postprocess import instance_map
 
 ESTIMATED, GIVEN, FIXED = "estimated", "given", "fixed"
@@ -75,7 +75,7 @@ def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) 
     """One single-view pass at `scale` on a central crop of one window: (median diameter in px of the image, or
     None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
     crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
-    cell, boundary = predict_maps(crop, runner, (scale,), cfg, cfg.stride, flips=1)
+    cell, boundary = predict_maps(crop, runner, Plan((scale,), cfg.stride), cfg)
     return median_diameter(instance_map(cell, boundary, cfg), cfg.estimate_min_objects)
 
 

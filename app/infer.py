@@ -18,6 +18,7 @@ this project's 2-core benchmark machine it is 3-10x faster than `scipy.ndimage.z
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Protocol
 
 import numpy as np
@@ -29,6 +30,17 @@ from app.timing import timed
 
 # Output rows interpolated per block by `resize_bilinear`: bounds its float32 temporaries.
 RESIZE_BLOCK_ROWS = 128
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to look at one image: its scales, the window stride and the flipped views per scale, with a one-line
+    reason the pipeline logs (`app.plan` chooses plans within the time budget)."""
+
+    scales: tuple[float, ...]
+    stride: int
+    reason: str = ""
+    flips: int = 1
 
 
 class Runner(Protocol):
@@ -159,9 +171,10 @@ def scale_views(
     runner: Runner,
     scale: float,
     cfg: InferenceConfig,
+    *,
     stride: int | None = None,
-    timings: dict[str, float] | None = None,
     flips: int = 1,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Cell and boundary maps (float32 H×W, original size) of the image at `scale`, one pair per flipped view.
 
@@ -223,31 +236,16 @@ def fuse(
     return cell, boundary
 
 
-def predict_scale(
-    image_u8: np.ndarray,
-    runner: Runner,
-    scale: float,
-    cfg: InferenceConfig,
-    stride: int | None = None,
-    timings: dict[str, float] | None = None,
-    flips: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cell and boundary probability maps (float32 H×W, original size) at `scale`: the mean of `flips` views."""
-    return fuse(scale_views(image_u8, runner, scale, cfg, stride, timings, flips), "mean", timings, owned=True)
-
-
 def predict_maps(
-    image_u8: np.ndarray,
-    runner: Runner,
-    scales: tuple[float, ...] | list[float],
-    cfg: InferenceConfig,
-    stride: int | None = None,
-    timings: dict[str, float] | None = None,
-    flips: int | None = None,
+    image_u8: np.ndarray, runner: Runner, plan: Plan, cfg: InferenceConfig, timings: dict[str, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Maps over `scales` (each the mean of its flipped views, `cfg.flips` unless given), fused by `cfg.fusion`."""
-    if len(scales) == 0:
+    """Cell and boundary probability maps (float32 H×W, original size): at each of the plan's scales the mean of
+    its flipped views, the scales fused by `cfg.fusion` (one scale: its maps as they are)."""
+    if len(plan.scales) == 0:
         raise ValueError("at least one scale is needed")
-    views = cfg.flips if flips is None else flips
-    per_scale = (predict_scale(image_u8, runner, scale, cfg, stride, timings, views) for scale in scales)
+    per_scale = (
+        fuse(scale_views(image_u8, runner, scale, cfg, stride=plan.stride, flips=plan.flips, timings=timings), "mean",
+             timings, owned=True)
+        for scale in plan.scales
+    )
     return fuse(per_scale, cfg.fusion, timings, owned=True)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Collection
 
 import numpy as np
 from tqdm import tqdm
@@ -41,6 +42,8 @@ from app.segment import segment
 from app.timing import process_age, timed
 from app.tolerance import penalised, tolerance
 from app.writer import output_name, write_atomic, write_labels, write_text
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
@@ -249,7 +252,6 @@ def prepare_run(
     output_dir: Path | str,
     report: Path | str | None,
     extras: Collection[str],
-    warn: Callable[[str], None],
 ) -> tuple[Path, Path, Path | None, list[Path]]:
     """Everything checked before the model loads: the extras asked for, the folders, the report's folder, and
     the input listing (skipped entries reported). Returns (input folder, output folder, report path, images);
@@ -270,9 +272,9 @@ def prepare_run(
     except OSError as exc:
         raise SetupError(f"input folder {inputs} cannot be listed ({exc.strerror or exc})") from exc
     for entry in skipped:
-        warn(f"skipped {entry.name}: {skip_reason(entry)}")
+        log.warning("skipped %s: %s", entry.name, skip_reason(entry))
     if not images:
-        warn(f"no images in {inputs} (extensions read: {' '.join(CHALLENGE.image_extensions)})")
+        log.warning(f"no images in {inputs} (extensions read: {' '.join(CHALLENGE.image_extensions)})")
     return inputs, outputs, report_path, images
 
 
@@ -321,17 +323,14 @@ def run_folder(
     report: Path | str | None = None,
     *,
     extras: Collection[str] = (),
-    echo: Callable[[str], None] | None = None,
 ) -> int:
     """Segment every image of `input_dir` into `output_dir`; return the exit code (0 all written, 1 some image or
     requested extra failed). `extras`: names of `EXTRA_SUFFIXES` to write beside each label file.
 
     Raises `SetupError` for folder problems, unknown extras and `app.errors.ModelError` for a model that cannot
-    be used, all before any image is processed.
+    be used, all before any image is processed. Logs one INFO line per written image, a WARNING per failure.
     """
-    say = echo or (lambda line: tqdm.write(line, file=sys.stdout))
-    warn = echo or (lambda line: tqdm.write(line, file=sys.stderr))
-    input_dir, output_dir, report_path, images = prepare_run(input_dir, output_dir, report, extras, warn)
+    input_dir, output_dir, report_path, images = prepare_run(input_dir, output_dir, report, extras)
 
     runner = ModelRunner(resolve_model(model, cfg.device), cfg.device, cfg.threads)
     startup = process_age()
@@ -339,7 +338,7 @@ def run_folder(
         planner = Planner(runner, cfg, startup)
     except ValueError as exc:
         raise SetupError(str(exc)) from exc
-    warn(
+    log.info(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
         f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
         f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area}; "
@@ -353,19 +352,19 @@ def run_folder(
         for path in tqdm(images, disable=None, file=sys.stderr, unit="image", leave=False):
             row = run_image(path, output_dir, runner, planner, cfg, extras, claimed, startup)
             if row["status"] == "ok":
-                say(log_line(row))
+                log.info(log_line(row))
                 for failure in row.get("_extra_failures", ()):
-                    warn(f"FAILED {failure}")
+                    log.error(f"FAILED {failure}")
                 extras_failed += len(row.get("_extra_failures", ()))
             else:
                 failed += 1
-                warn(log_line(row))
+                log.error(log_line(row))
             rows.append(row)
     finally:
         if report_path is not None:
             write_text(report_path, report_csv(rows))
     ok = len(rows) - failed
-    warn(f"{ok} of {len(rows)} image(s) written to {output_dir}" + (f"; {failed} failed" if failed else "")
+    log.info(f"{ok} of {len(rows)} image(s) written to {output_dir}" + (f"; {failed} failed" if failed else "")
          + (f"; {extras_failed} extra file(s) failed" if extras_failed else ""))
     return EXIT_IMAGE_FAILED if failed or extras_failed else EXIT_OK
 

@@ -19,22 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.config import FLIP_AXES, InferenceConfig
-from app.infer import Runner
+from app.infer import Plan, Runner
 from app.runner import CPU
 from app.tiling import crop_shapes, scaled_size, window_grid
 from app.tolerance import tolerance
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Scales, window stride and flipped views for one image, and a one-line reason the pipeline logs."""
-
-    scales: tuple[float, ...]
-    stride: int
-    reason: str
-    flips: int = 1
 
 
 @dataclass(frozen=True)
@@ -283,7 +273,7 @@ class Planner:
                 self.host_costs.post_seconds_per_mp,
                 self.host_costs.io_seconds_per_mp,
             )
-            log.info("model throughput: %.3f s per %d-pixel window (measured in %.2f s)", per_window,
+            log.debug("model throughput: %.3f s per %d-pixel window (measured in %.2f s)", per_window,
                      self.cfg.window, spent)
         return self._costs
 
@@ -319,5 +309,5 @@ class Planner:
         else:
             chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget - spent, self.ladder,
                                  scales)
-        log.info("plan for %d x %d: %s", height, width, chosen.reason)
+        log.debug("plan for %d x %d: %s", height, width, chosen.reason)
         return chosen

@@ -24,8 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from app.config import InferenceConfig
-from app.infer import predict_maps
-from app.plan import Plan
+from app.infer import Plan, predict_maps
 from app.postprocess import instance_map
 from app.tiling import Tile, is_whole_slide, tile_grid
 from app.timing import add_seconds, timed
@@ -87,7 +86,7 @@ def segment_whole(
     image_u8: np.ndarray, runner, plan: Plan, cfg: InferenceConfig, timings: dict[str, float] | None = None
 ) -> np.ndarray:
     """predict_maps at the plan's scales, stride and flipped views, then MT2's watershed; int32 labels."""
-    cell, boundary = predict_maps(image_u8, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
+    cell, boundary = predict_maps(image_u8, runner, plan, cfg, timings)
     with timed(timings, "postprocess"):
         return instance_map(cell, boundary, cfg)
 
@@ -137,7 +136,7 @@ def segment_tiled(
         for tile in tiles:
             y0, y1, x0, x1 = tile.crop
             crop = image_u8[y0:y1, x0:x1]
-            cell, boundary = predict_maps(crop, runner, plan.scales, cfg, plan.stride, timings, plan.flips)
+            cell, boundary = predict_maps(crop, runner, plan, cfg, timings)
             if pool is None:
                 paste(tile, _post_tile(cell, boundary, tile, cfg, (h, w)))
                 continue

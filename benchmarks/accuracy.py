@@ -40,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from app.config import CHALLENGE
+from app.logs import setup_logging
 from app.metric import evaluate_folders
 from training.synth.params import MODALITY_NAMES
 
@@ -160,7 +161,7 @@ def train_and_export(args: argparse.Namespace, data: Path, run: Path, semi: bool
         "runtime.tensorboard": False,
     })
     cfg = load_config(args.preset, overrides)
-    best = train(cfg, data, run, log=log)
+    best = train(cfg, data, run)
     # Only the fp32 model is needed (the app runs it on the CPU); the fp16 parity check belongs to shipping.
     folder = run / "onnx"
     export_fp32_only(best, folder, which="teacher" if semi else "student")
@@ -357,6 +358,7 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup_logging(info_to_stdout=False)  # stdout is the table; the trainer's lines go with the progress
     try:
         lines = run(args)
     except RuntimeError as exc:

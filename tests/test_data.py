@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from app.config import InferenceConfig
+from tests.log_capture import logged
 from tests.training_data import tiny_config, write_dataset
 from training.config import ConfigError, DataConfig, load_config
 from training.data import EpochSampler, epoch_order, prepare_all, sampling_probabilities, split_sources
@@ -60,10 +61,10 @@ def test_a_run_reads_several_sources_with_weights(tmp_path: Path) -> None:
     b = write_dataset(tmp_path / "b", labelled=3, unlabelled=1, seed=4)
     (a / "images" / "cell_bad.png").write_bytes(b"not an image")
     (a / "labels" / "cell_bad_label.tiff").write_bytes(b"not a tiff")
-    messages: list[str] = []
     cfg = tiny_config(**{"data.sources": [str(a), str(b)], "data.weights": [3.0, 1.0], "schedule.epochs": 1,
                          "data.labelled_as_unlabelled": True, "teacher.warmup_epochs": 0})
-    best = train(cfg, None, tmp_path / "run", log=messages.append)
+    with logged("training") as messages:
+        best = train(cfg, None, tmp_path / "run")
     assert best.exists()
     assert any(m.startswith("cell_bad") for m in messages[:3])  # named while the data is prepared, before step 1
     assert any("source a: 2 labelled image(s), 75% of labelled draws" in m for m in messages)

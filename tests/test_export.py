@@ -403,7 +403,7 @@ def test_paper_preset_exports_and_verifies(tmp_path) -> None:
     net = MT2Net(config).eval()
     ckpt = save_checkpoint(tmp_path / "paper.pt", config, net, net, "paper")
     del net
-    result = export_checkpoint(ckpt, tmp_path / "w", sizes=((64, 64),), threads=1, log=lambda _: None)
+    result = export_checkpoint(ckpt, tmp_path / "w", sizes=((64, 64),), threads=1)
     assert result.parity.fp32_vs_torch <= FP32_TOLERANCE
     assert result.parity.fp16_vs_fp32 <= FP16_TOLERANCE
     manifest = json.loads(result.manifest.read_text())

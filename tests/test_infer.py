@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from app.config import InferenceConfig
 from app.errors import ModelError
-from app.infer import fuse, predict_maps, predict_scale, resize_bilinear, scale_views, window_profile
+from app.infer import Plan, fuse, predict_maps, resize_bilinear, scale_views, window_profile
 from app.runner import ModelRunner
 from tests.onnx_models import contract_model, disc_image, shaped_model
 
@@ -42,7 +42,7 @@ def test_small_image_equals_one_direct_pass(tmp_path):
     model = contract_model(tmp_path / "blur.onnx", kernel=3)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    cell, boundary = predict_scale(image, ModelRunner(model, "cpu", threads=1), 1.0, CFG)
+    cell, boundary = predict_maps(image, ModelRunner(model, "cpu", threads=1), Plan((1.0,), CFG.stride), CFG)
     ref_cell, ref_boundary = direct_pass(model, image)
     assert cell.shape == (300, 200) and cell.dtype == np.float32
     np.testing.assert_allclose(cell, ref_cell, atol=1e-6)
@@ -55,7 +55,7 @@ def test_large_image_same_maps_whatever_the_stride(tmp_path, textured):
     runner = ModelRunner(model, "cpu", threads=1)
     ref_cell, ref_boundary = direct_pass(model, textured)
     for stride in (192, 256, 512):
-        cell, boundary = predict_scale(textured, runner, 1.0, CFG, stride=stride)
+        cell, boundary = predict_maps(textured, runner, Plan((1.0,), stride), CFG)
         assert cell.shape == (1200, 900)
         np.testing.assert_allclose(cell, ref_cell, atol=1e-5, err_msg=f"stride {stride}")
         np.testing.assert_allclose(boundary, ref_boundary, atol=1e-5, err_msg=f"stride {stride}")
@@ -77,7 +77,7 @@ def test_centre_weighting_shrinks_window_edge_error(tmp_path, textured):
     inner = (slice(8, -8), slice(8, -8))  # the image's own border is zero-padded in the direct pass too
     errors = {}
     for sigma in (0.0, 0.125):
-        cell, _ = predict_scale(textured, runner, 1.0, InferenceConfig(window_sigma=sigma))
+        cell, _ = predict_maps(textured, runner, Plan((1.0,), CFG.stride), InferenceConfig(window_sigma=sigma))
         errors[sigma] = float(np.abs(cell - ref_cell)[inner].mean())
     assert errors[0.125] < 0.5 * errors[0.0]
 
@@ -87,7 +87,7 @@ def test_scaled_prediction_returns_original_size_and_finds_discs(tmp_path):
     image = rgb(disc_image((700, 600), [(150, 150), (500, 400)], 50))
     runner = ModelRunner(model, "cpu", threads=1)
     for scale in (0.5, 1.5):
-        cell, boundary = predict_scale(image, runner, scale, CFG)
+        cell, boundary = predict_maps(image, runner, Plan((scale,), CFG.stride), CFG)
         assert cell.shape == boundary.shape == (700, 600)
         assert cell[150, 150] > 0.99 and cell[500, 400] > 0.99
         assert cell[10, 10] < 0.01 and cell[150, 300] < 0.01
@@ -98,10 +98,10 @@ def test_max_fusion_over_scales(tmp_path):
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (400, 560, 3), dtype=np.uint8)
     runner = ModelRunner(model, "cpu", threads=1)
-    per_scale = [predict_scale(image, runner, s, CFG) for s in (0.6, 1.3)]
+    per_scale = [predict_maps(image, runner, Plan((s,), CFG.stride), CFG) for s in (0.6, 1.3)]
     assert not np.allclose(per_scale[0][0], per_scale[1][0])  # the scales really differ
     timings: dict[str, float] = {}
-    cell, boundary = predict_maps(image, runner, (0.6, 1.3), CFG, timings=timings)
+    cell, boundary = predict_maps(image, runner, Plan((0.6, 1.3), CFG.stride), CFG, timings=timings)
     np.testing.assert_array_equal(cell, np.maximum(per_scale[0][0], per_scale[1][0]))
     np.testing.assert_array_equal(boundary, np.maximum(per_scale[0][1], per_scale[1][1]))
     assert set(timings) == {"resize", "model", "fuse"} and all(v > 0 for v in timings.values())
@@ -110,8 +110,8 @@ def test_max_fusion_over_scales(tmp_path):
 def test_mean_fusion_over_scales(tmp_path):
     runner = ModelRunner(contract_model(tmp_path / "blur.onnx", kernel=3), "cpu", threads=1)
     image = np.random.default_rng(3).integers(0, 256, (400, 560, 3), dtype=np.uint8)
-    per_scale = [predict_scale(image, runner, s, CFG) for s in (0.6, 1.3)]
-    cell, boundary = predict_maps(image, runner, (0.6, 1.3), CFG.with_overrides(fusion="mean"))
+    per_scale = [predict_maps(image, runner, Plan((s,), CFG.stride), CFG) for s in (0.6, 1.3)]
+    cell, boundary = predict_maps(image, runner, Plan((0.6, 1.3), CFG.stride), CFG.with_overrides(fusion="mean"))
     np.testing.assert_allclose(cell, (per_scale[0][0] + per_scale[1][0]) / 2, rtol=0, atol=1e-7)
     np.testing.assert_allclose(boundary, (per_scale[0][1] + per_scale[1][1]) / 2, rtol=0, atol=1e-7)
 
@@ -134,15 +134,16 @@ def test_flipped_views_average_a_directional_model(tmp_path):
     shift[1, 2] = 1.0
     runner = ModelRunner(contract_model(tmp_path / "shift.onnx", weight=shift, gain=5.0), "cpu", threads=1)
     image = np.random.default_rng(5).integers(0, 256, (300, 700, 3), dtype=np.uint8)
-    plain = predict_scale(image, runner, 1.0, CFG)
-    mirrored = [np.fliplr(m) for m in predict_scale(np.ascontiguousarray(image[:, ::-1]), runner, 1.0, CFG)]
+    one = Plan((1.0,), CFG.stride)
+    plain = predict_maps(image, runner, one, CFG)
+    mirrored = [np.fliplr(m) for m in predict_maps(np.ascontiguousarray(image[:, ::-1]), runner, one, CFG)]
     assert np.abs(plain[0] - mirrored[0]).max() > 0.1  # the two views really differ
-    two = predict_scale(image, runner, 1.0, CFG, flips=2)
+    two = predict_maps(image, runner, Plan((1.0,), CFG.stride, flips=2), CFG)
     np.testing.assert_allclose(two[0], (plain[0] + mirrored[0]) / 2, rtol=0, atol=1e-6)
-    four = predict_maps(image, runner, (1.0,), CFG.with_overrides(flips=4))
+    four = predict_maps(image, runner, Plan((1.0,), CFG.stride, flips=4), CFG)
     np.testing.assert_allclose(four[0], two[0], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="flips must be one of 1, 2, 4"):
-        predict_scale(image, runner, 1.0, CFG, flips=3)
+        predict_maps(image, runner, Plan((1.0,), CFG.stride, flips=3), CFG)
 
 
 def test_fuse_leaves_its_inputs_alone():
@@ -163,19 +164,19 @@ def test_bad_arguments_refused(tmp_path):
     runner = ModelRunner(contract_model(tmp_path / "m.onnx"), "cpu", threads=1)
     image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match="stride"):
-        predict_scale(image, runner, 1.0, CFG, stride=600)
+        predict_maps(image, runner, Plan((1.0,), 600), CFG)
     with pytest.raises(ValueError, match="uint8"):
-        predict_scale(image.astype(np.float32), runner, 1.0, CFG)
+        predict_maps(image.astype(np.float32), runner, Plan((1.0,), CFG.stride), CFG)
     with pytest.raises(ValueError, match="scale"):
-        predict_scale(image, runner, 0.0, CFG)
+        predict_maps(image, runner, Plan((0.0,), CFG.stride), CFG)
     with pytest.raises(ValueError, match="scale"):
-        predict_maps(image, runner, (), CFG)
+        predict_maps(image, runner, Plan((), CFG.stride), CFG)
 
 
 def test_fixed_window_model_must_match_the_window(tmp_path):
     runner = ModelRunner(shaped_model(tmp_path / "fixed.onnx", input_dims=(1, None, 256, 256)), "cpu")
     with pytest.raises(ModelError, match="256×256"):
-        predict_scale(np.zeros((100, 100, 3), np.uint8), runner, 1.0, CFG)
+        predict_maps(np.zeros((100, 100, 3), np.uint8), runner, Plan((1.0,), CFG.stride), CFG)
 
 
 @pytest.mark.parametrize("shape", [(50, 60), (20, 31), (74, 106), (37, 53)])

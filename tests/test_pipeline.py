@@ -15,6 +15,7 @@ import tifffile
 from app.config import EXTRA_SUFFIXES, InferenceConfig
 from app.errors import ModelError
 from app.pipeline import SetupError, run_folder
+from tests.log_capture import logged
 from tests.onnx_models import contract_model, disc_image
 
 CFG = InferenceConfig(budget="none", threads=1, batch_size=2)
@@ -34,9 +35,9 @@ def _discs(value: int = 220) -> np.ndarray:
 
 
 def _run(tmp_path: Path, model: Path, cfg: InferenceConfig = CFG, report: bool = True) -> tuple[int, list[str], Path]:
-    lines: list[str] = []
     out = tmp_path / "out"
-    code = run_folder(tmp_path / "in", out, model, cfg, out / "report.csv" if report else None, echo=lines.append)
+    with logged("app.pipeline") as lines:
+        code = run_folder(tmp_path / "in", out, model, cfg, out / "report.csv" if report else None)
     return code, lines, out
 
 
@@ -150,22 +151,22 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
 
 def test_missing_input_folder_fails_before_the_model_loads(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="input folder .* does not exist"):
-        run_folder(tmp_path / "nope", tmp_path / "out", tmp_path / "no_model.onnx", CFG, echo=print)
+        run_folder(tmp_path / "nope", tmp_path / "out", tmp_path / "no_model.onnx", CFG)
 
 
 def test_unwritable_output_folder_fails_at_once(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(SetupError, match="output folder .* is not writable"):
-        run_folder(tmp_path / "in", tmp_path / "file", tmp_path / "no_model.onnx", CFG, echo=print)
+        run_folder(tmp_path / "in", tmp_path / "file", tmp_path / "no_model.onnx", CFG)
     with pytest.raises(SetupError, match="output folder .* is not writable"):
-        run_folder(tmp_path / "in", tmp_path / "file" / "sub", tmp_path / "no_model.onnx", CFG, echo=print)
+        run_folder(tmp_path / "in", tmp_path / "file" / "sub", tmp_path / "no_model.onnx", CFG)
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     with pytest.raises(ModelError):
-        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG, echo=print)
+        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG)
 
 
 def test_empty_folder_is_not_an_error(tmp_path: Path, model: Path) -> None:
@@ -182,9 +183,9 @@ def test_extras_are_written_beside_label_files_that_stay_byte_identical(tmp_path
     iio.imwrite(src / "gray8.png", _discs())
     assert _run(tmp_path, model)[0] == 0
     plain = (tmp_path / "out" / "gray8_label.tiff").read_bytes()
-    lines: list[str] = []
     out = tmp_path / "extra"
-    code = run_folder(src, out, model, CFG, out / "report.csv", extras=list(EXTRA_SUFFIXES), echo=lines.append)
+    with logged("app.pipeline") as lines:
+        code = run_folder(src, out, model, CFG, out / "report.csv", extras=list(EXTRA_SUFFIXES))
 
     assert code == 0, lines
     assert sorted(p.name for p in out.iterdir()) == [
@@ -213,8 +214,8 @@ def test_a_failed_extra_keeps_the_label_file_and_exits_1(tmp_path: Path, model: 
     out = tmp_path / "out"
     out.mkdir()
     (out / "gray8_overlay.png").mkdir()  # the overlay cannot be written
-    lines: list[str] = []
-    code = run_folder(src, out, model, CFG, out / "report.csv", extras=["overlay", "measure"], echo=lines.append)
+    with logged("app.pipeline") as lines:
+        code = run_folder(src, out, model, CFG, out / "report.csv", extras=["overlay", "measure"])
 
     assert code == 1
     assert _count(out / "gray8_label.tiff") == len(CENTRES)
@@ -231,4 +232,4 @@ def test_a_failed_extra_keeps_the_label_file_and_exits_1(tmp_path: Path, model: 
 def test_unknown_extra_fails_before_the_model_loads(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     with pytest.raises(SetupError, match="unknown extra output"):
-        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG, extras=["pdf"], echo=print)
+        run_folder(tmp_path / "in", tmp_path / "out", tmp_path / "no_model.onnx", CFG, extras=["pdf"])

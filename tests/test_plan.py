@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from app.config import InferenceConfig
+from app.infer import Plan
 from app.plan import (
     Costs,
-    Plan,
     Planner,
     candidate_plans,
     choose_plan,

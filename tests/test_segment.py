@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.config import InferenceConfig
+from app.infer import Plan
 from app.metric import image_f1
-from app.plan import Plan
 from app.runner import ModelRunner
 from app.segment import cut_by_halo, owned_labels, paste_owned, segment, segment_tiled
 from app.tiling import Tile, tile_grid

@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from app.config import InferenceConfig
+from tests.log_capture import logged
 from tests.training_data import tiny_config, write_dataset
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
@@ -24,10 +25,6 @@ from training.model import ModelConfig, MT2Net
 from training.trainer import BEST, LAST, build_optimizer, cosine_factor, load_encoder_weights, train
 
 torch.set_num_threads(1)
-
-
-def quiet(message: str) -> None:
-    pass
 
 
 def test_cosine_schedule_and_parameter_groups():
@@ -122,10 +119,8 @@ def test_bad_inputs_are_named_and_skipped(tmp_path):
     cfg = tiny_config(**{"data.val_fraction": 0.0})
     split = split_dataset(data, cfg.data)
     assert split.problems == ["orphan.png: no label file orphan_label.tiff"]
-    reported: list[str] = []
-    prepared, problems = prepare_all(
-        split.labelled, tmp_path / "cache", cfg.data, cfg.targets, InferenceConfig(), report=reported.append
-    )
+    with logged("training.data") as reported:
+        prepared, problems = prepare_all(split.labelled, tmp_path / "cache", cfg.data, cfg.targets, InferenceConfig())
     assert reported == problems and len(problems) == 3
     text = "\n".join(problems)
     assert "small_label.tiff: label is 20×20 but its image is 16×16" in text
@@ -139,7 +134,7 @@ def test_no_usable_labelled_image_stops_before_training(tmp_path):
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
     with pytest.raises(ValueError, match="no usable labelled image"):
-        train(tiny_config(), data, tmp_path / "run", log=quiet)
+        train(tiny_config(), data, tmp_path / "run")
     assert not (tmp_path / "run" / LAST).exists()
 
 
@@ -157,11 +152,12 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
         if message.startswith("epoch 1:"):
             shutil.copy(full / LAST, snapshot)
 
-    train(cfg, data, full, log=keep_epoch_one)
+    with logged("training.trainer", on_line=keep_epoch_one):
+        train(cfg, data, full)
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copy(snapshot, resumed / LAST)
-    best = train(cfg, data, resumed, resume=True, log=quiet)
+    best = train(cfg, data, resumed, resume=True)
     a, b = load_checkpoint(full / LAST), load_checkpoint(best.parent / LAST)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 2 * steps_per_epoch(3, 1, 2, 1)
     assert a["teacher"] is not None  # the resumed half crossed the end of warm-up
@@ -173,7 +169,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
 def test_checkpoint_holds_the_agreed_keys(tmp_path):
     data = write_dataset(tmp_path / "d", labelled=3, unlabelled=1)
     cfg = tiny_config(**{"schedule.epochs": 1, "teacher.warmup_epochs": 0, "validation.every_epochs": 1})
-    best = train(cfg, data, tmp_path / "run", log=quiet)
+    best = train(cfg, data, tmp_path / "run")
     assert best == tmp_path / "run" / BEST and best.exists()
     ckpt = load_checkpoint(best)
     for key in ("student", "teacher", "model_config", "preset", "config", "epoch", "step", "optimizer",
@@ -194,7 +190,7 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(tiny_config(**{"runtime.device": "cpu"}), Path(data), Path(out), log=quiet)
+    train(tiny_config(**{"runtime.device": "cpu"}), Path(data), Path(out))
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from app.cli import cli
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import ModelError
-from app.infer import predict_maps
+from app.infer import Plan, predict_maps
 from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
 from app.normalize import read_normalized
 from app.reader import labelled_pairs
@@ -130,7 +130,7 @@ def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, sca
         assert scales[1] == pytest.approx(cfg.target_diameter / (2 * RADIUS), rel=0.15)
     assert len(views.per_scale) == len(scales) and all(len(v) == 4 for v in views.per_scale)
     for flips, fusion in ((4, "mean"), (2, "max"), (1, "max")):
-        expected = predict_maps(image, runner, scales, cfg.with_overrides(fusion=fusion), flips=flips)
+        expected = predict_maps(image, runner, Plan(scales, cfg.stride, flips=flips), cfg.with_overrides(fusion=fusion))
         np.testing.assert_array_equal(views.fused(flips, fusion)[0], expected[0])
         np.testing.assert_array_equal(views.fused(flips, fusion)[1], expected[1])
 
@@ -206,7 +206,7 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
 
     result = CliRunner().invoke(cli, predict)
     assert result.exit_code == 0, result.output
-    assert f"S_min {tuned['min_seed_area']}" in result.stderr
+    assert f"S_min {tuned['min_seed_area']}" in result.stdout
     assert len(np.unique(tifffile.imread(out / "cell_00001_label.tiff"))) - 1 == len(CENTRES)
     result = CliRunner().invoke(cli, [*predict, "--min-seed-area", "64"])  # the command line still wins
     assert result.exit_code == 0 and not tifffile.imread(out / "cell_00001_label.tiff").any()

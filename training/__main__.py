@@ -10,6 +10,9 @@ import click
 @click.group()
 def cli() -> None:
     """Train, export and make data for MT2 (needs the packages in training/requirements.txt)."""
+    from app.logs import setup_logging
+
+    setup_logging()
 
 
 # Commands are added below by the modules that own them (train, export, synth).
@@ -42,7 +45,7 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
             parity = verify_directory(checkpoint, out_dir, which, hw, device, threads)
             click.echo(f"verified {out_dir}: {parity.summary()}")
         else:
-            result = export_checkpoint(checkpoint, out_dir, which, hw, not no_slim, device, threads, log=click.echo)
+            result = export_checkpoint(checkpoint, out_dir, which, hw, not no_slim, device, threads)
             click.echo(f"wrote {', '.join(result.files)} and {result.manifest.name} to {out_dir}")
     except (ExportCheckError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

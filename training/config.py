@@ -274,7 +274,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     values: dict[str, Any] = {}
     for name, value in data.items():
         hint = hints[name]
-        if is_dataclass(hint):
+        if isinstance(hint, type) and is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name}: expected a table")
             values[name] = _build(hint, value, f"{where}.{name}")

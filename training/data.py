@@ -15,11 +15,12 @@ found here, before training starts, as one line ``"<file name>: <reason>"`` each
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ from app.writer import image_stem, output_name, write_atomic
 from training.augment import labelled_view, unlabelled_views
 from training.config import AugmentConfig, DataConfig, TargetConfig
 from training.targets import make_targets
+
+log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
 IMAGES, LABELS, UNLABELLED = "images", "labels", "unlabeled"
@@ -204,6 +207,7 @@ def prepare_sample(
             raise InputError(sample.label, "label map has no cells")
         cls, cell, boundary = make_targets(labels, targets)
         stacked = [cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)]
+        assert targets_npy is not None  # set whenever the sample has a label
         save_array(targets_npy, np.stack(stacked, -1))
         if labels_npy is not None:
             save_array(labels_npy, labels)
@@ -218,9 +222,8 @@ def prepare_all(
     targets: TargetConfig,
     norm: InferenceConfig,
     want_labels: bool = False,
-    report: Callable[[str], None] | None = None,
 ) -> tuple[list[Prepared], list[str]]:
-    """Prepare every sample; a bad one is reported (one line naming the file), skipped and listed."""
+    """Prepare every sample; a bad one is logged (one warning naming the file), skipped and listed."""
     prepared: list[Prepared] = []
     problems: list[str] = []
     for sample in samples:
@@ -228,8 +231,7 @@ def prepare_all(
             prepared.append(prepare_sample(sample, cache, data, targets, norm, want_labels))
         except InputError as error:
             problems.append(str(error))
-            if report:
-                report(str(error))
+            log.warning("%s", error)
     return prepared, problems
 
 
@@ -262,6 +264,7 @@ class LabelledCrops(_Crops):
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         index, epoch, position = key
         sample = self.samples[index]
+        assert sample.targets is not None  # labelled samples are prepared with targets
         rng = item_rng(self.seed, 0, epoch, position)
         image, cls, cell, boundary = labelled_view(open_array(sample.image), open_array(sample.targets), rng, self.cfg)
         return {"image": image, "cls": cls, "cell": cell, "boundary": boundary}

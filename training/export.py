@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import logging
 import shutil
 import subprocess
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +43,8 @@ from training.parity import (
     torch_probabilities,
     verify,
 )
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 # Node-name prefixes kept in fp32, tried in turn when an all-fp16 model fails the parity checks (docs/EXPORT.md).
@@ -215,7 +218,6 @@ def export_checkpoint(
     use_slim: bool = True,
     device: str = "cpu",
     threads: int = 0,
-    log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export, verify and document one checkpoint into `out_dir` (see the module docstring)."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
@@ -223,13 +225,13 @@ def export_checkpoint(
     net, used, notice = network_from_checkpoint(ckpt, which)
     notices = [notice] if notice else []
     for line in notices:
-        log(f"notice: {line}")
+        log.info(f"notice: {line}")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out_dir) as tmp:
         work = Path(tmp)
         raw = export_fp32(net, work / "raw.onnx")
         chosen, slimmed = (_slim_if_better(raw, net, work, threads) if use_slim else (raw, {"kept": False}))
-        log(f"onnxslim: {_describe_slim(slimmed)}")
+        log.info(f"onnxslim: {_describe_slim(slimmed)}")
         fp32 = work / CONTRACT.fp32_file
         shutil.move(str(chosen), fp32)
         fp16 = work / CONTRACT.fp16_file
@@ -237,7 +239,7 @@ def export_checkpoint(
         fallbacks = list(FP32_FALLBACKS)
         while True:
             clipped = convert_fp16(fp32, fp16, kept)
-            log(f"fp16: weights clipped by the converter: {clipped['small']} tiny (to +-1e-7), "
+            log.info(f"fp16: weights clipped by the converter: {clipped['small']} tiny (to +-1e-7), "
                 f"{clipped['large']} large (to +-1e4)" + (f"; nodes kept in fp32: {', '.join(kept)}" if kept else ""))
             for path in (fp32, fp16):
                 check_onnx(path)
@@ -248,12 +250,12 @@ def export_checkpoint(
                 if not fallbacks or not error.check.startswith("fp16"):
                     raise
                 kept = fallbacks.pop(0)
-                log(f"fp16: {error}; converting again with {', '.join(kept)} in fp32")
-        log(f"parity: {parity.summary()}")
+                log.info(f"fp16: {error}; converting again with {', '.join(kept)} in fp32")
+        log.info(f"parity: {parity.summary()}")
         if parity.cells_compared == 0:
             note = "instance-map check compared empty maps only (the network finds no cells in the test images)"
             notices.append(note)
-            log(f"notice: {note}")
+            log.info(f"notice: {note}")
         files = {}
         for path in (fp32, fp16):
             target = out_dir / path.name
@@ -261,7 +263,7 @@ def export_checkpoint(
             files[path.name] = target.stat().st_size
     for name, size in files.items():
         over = " (over the 30 MB budget for weights/ in git)" if size > SIZE_BUDGET_BYTES else ""
-        log(f"{name}: {size / 1e6:.1f} MB{over}")
+        log.info(f"{name}: {size / 1e6:.1f} MB{over}")
     steps = {"onnxslim": slimmed, "fp16_weights_clipped": clipped, "fp16_nodes_kept_fp32": list(kept)}
     meta = manifest_meta(ckpt, checkpoint, used, notices, parity, steps)
     entries = {

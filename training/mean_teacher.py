@@ -30,11 +30,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, beta: float, average_buff
     buffers; the other buffers are copied from the student."""
     for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
         t.mul_(beta).add_(s.detach().to(t.dtype), alpha=1.0 - beta)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        if average_buffers and t.is_floating_point():
-            t.mul_(beta).add_(s.detach().to(t.dtype), alpha=1.0 - beta)
+    for tb, sb in zip(teacher.buffers(), student.buffers(), strict=True):
+        if average_buffers and tb.is_floating_point():
+            tb.mul_(beta).add_(sb.detach().to(tb.dtype), alpha=1.0 - beta)
         else:
-            t.copy_(s)
+            tb.copy_(sb)
 
 
 @torch.no_grad()

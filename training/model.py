@@ -60,7 +60,7 @@ class MT2Net(nn.Module):
 class ProbabilityModel(nn.Module):
     """Export wrapper: RGB float input in [0, 1] to (cls softmax, cell sigmoid, boundary sigmoid)."""
 
-    def __init__(self, net: MT2Net) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 

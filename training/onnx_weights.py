@@ -19,6 +19,7 @@ weights do not reproduce it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,13 @@ def onnx_conv_weights(path: Path | str) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
+def running_stats(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running mean and variance of a BatchNorm (MT2Net's all track them)."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("a BatchNorm without running statistics cannot take folded weights")
+    return norm.running_mean, norm.running_var
+
+
 @torch.no_grad()
 def load_folded_weights(net: MT2Net, path: Path | str) -> dict[str, nn.BatchNorm2d]:
     """Copy every folded convolution of `path` into `net`; return the BatchNorms that took a folded bias."""
@@ -129,9 +137,10 @@ def load_folded_weights(net: MT2Net, path: Path | str) -> dict[str, nn.BatchNorm
             raise ValueError(f"{name}: {key} has no BatchNorm or bias to take its folded bias")
         target.copy_(torch.from_numpy(bias) if bias is not None else torch.zeros_like(target))
         if norm is not None:
+            running_mean, running_var = running_stats(norm)
             norm.weight.fill_(1.0)
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0 - norm.eps)
+            running_mean.zero_()
+            running_var.fill_(1.0 - norm.eps)
     return norms
 
 
@@ -144,7 +153,7 @@ def calibrate_batchnorm(net: nn.Module, norms: dict[str, nn.BatchNorm2d], images
     """
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def record(name: str):  # type: ignore[no-untyped-def]
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0].double()
             stats[name] = (x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False))
@@ -159,8 +168,9 @@ def calibrate_batchnorm(net: nn.Module, norms: dict[str, nn.BatchNorm2d], images
             hook.remove()
     for name, norm in norms.items():
         mean, var = stats[name]
-        norm.running_mean.copy_(mean.float())
-        norm.running_var.copy_(var.float())
+        running_mean, running_var = running_stats(norm)
+        running_mean.copy_(mean.float())
+        running_var.copy_(var.float())
         norm.weight.copy_(torch.sqrt(var + norm.eps).float())
         norm.bias.add_(mean.float())
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
-from training.model import MT2Net, ProbabilityModel
+from training.model import ProbabilityModel
 
 
 class TorchRunner:
     """Wraps an MT2Net (the teacher, or the student before warm-up ends) in eval mode, without gradients."""
 
-    def __init__(self, net: MT2Net, device: torch.device, amp: bool = False) -> None:
+    def __init__(self, net: nn.Module, device: torch.device, amp: bool = False) -> None:
         self.model = ProbabilityModel(net)
         self.device = device
         self.amp = amp and device.type == "cuda"
@@ -31,7 +32,7 @@ class TorchRunner:
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 outputs = self.model(x)
-            return tuple(o.float().cpu().numpy() for o in outputs)  # type: ignore[return-value]
+            return tuple(o.float().cpu().numpy() for o in outputs)
         finally:
             self.model.train(was_training)
 

@@ -14,6 +14,7 @@ all-reduced student weights), while validation, logs and checkpoints happen on r
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import random
@@ -22,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.config import InferenceConfig
+from app.logs import silence
 from app.manifest import sha256_file
 from training.augment import apply_cutmix, cutmix_boxes
 from training.checkpoint import load_checkpoint, save_checkpoint
@@ -56,11 +58,7 @@ from training.torch_runner import TorchRunner
 LAST, BEST, LOG = "last.pt", "best.pt", "log.csv"
 CALIBRATION_CROPS = 16  # labelled crops whose statistics re-seed the BatchNorms of a model loaded from ONNX
 LOSS_TERMS = ("total", "cls", "cell", "boundary", "consistency")
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -182,7 +180,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: torch.device) -> float:
     """Mean F1 over validation images through the app's sliding windows, post-processing and metric."""
-    from app.infer import predict_maps
+    from app.infer import Plan, predict_maps
     from app.metric import image_scores
     from app.postprocess import instance_map
 
@@ -191,9 +189,10 @@ def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: 
     limit = cfg.validation.max_images or len(samples)
     f1s = []
     for sample in samples[:limit]:
+        assert sample.labels is not None  # validation samples are prepared with labels
         image = np.asarray(open_array(sample.image))
         gt = np.asarray(open_array(sample.labels))
-        cell, boundary = predict_maps(image, runner, icfg.scales, icfg, icfg.stride)
+        cell, boundary = predict_maps(image, runner, Plan(icfg.scales, icfg.stride, flips=icfg.flips), icfg)
         f1s.append(image_scores(gt, instance_map(cell, boundary, icfg)).f1)
     return float(np.mean(f1s)) if f1s else float("nan")
 
@@ -310,22 +309,20 @@ class Datasets:
         }
 
 
-def prepare_data(cfg: TrainConfig, data_dirs: list[Path], cache: Path, place: Dist, log: Log) -> Datasets:
+def prepare_data(cfg: TrainConfig, data_dirs: list[Path], cache: Path, place: Dist) -> Datasets:
     """Split, check and cache every file before training starts; rank 0 works, the others reuse its cache."""
     split = split_sources(data_dirs, cfg.data)
     norm = InferenceConfig()
-    report = log if place.main else None
-    if report:
-        for problem in split.problems:
-            report(problem)
+    for problem in split.problems:
+        log.warning(problem)
     use_unlabelled = cfg.teacher.semi_supervised
     result: Datasets | None = None
     for turn in ("main", "others"):
         if (turn == "main") == place.main:
-            labelled, p1 = prepare_all(split.labelled, cache, cfg.data, cfg.targets, norm, False, report)
-            validation, p2 = prepare_all(split.validation, cache, cfg.data, cfg.targets, norm, True, report)
+            labelled, p1 = prepare_all(split.labelled, cache, cfg.data, cfg.targets, norm, False)
+            validation, p2 = prepare_all(split.validation, cache, cfg.data, cfg.targets, norm, True)
             unlabelled, p3 = (
-                prepare_all(split.unlabelled, cache, cfg.data, cfg.targets, norm, False, report)
+                prepare_all(split.unlabelled, cache, cfg.data, cfg.targets, norm, False)
                 if use_unlabelled
                 else ([], [])
             )
@@ -345,7 +342,6 @@ def train(
     out_dir: Path,
     resume: bool = False,
     encoder_weights: Path | None = None,
-    log: Log = _stderr,
     init_onnx: Path | None = None,
 ) -> Path:
     """Train per `cfg` on the challenge-layout `data_dir`, writing RUN_DIR files; returns the best checkpoint.
@@ -358,9 +354,10 @@ def train(
     out_dir = Path(out_dir)
     device_kind = "cuda" if cfg.runtime.device == "auto" and torch.cuda.is_available() else cfg.runtime.device
     place, owns_group = init_distributed("cuda" if device_kind == "cuda" else "cpu")
-    log = log if place.main else (lambda message: None)
+    if not place.main:
+        silence("training")  # one process speaks for the run
     try:
-        return _train(cfg, data_dirs, out_dir, resume, encoder_weights, init_onnx, place, log)
+        return _train(cfg, data_dirs, out_dir, resume, encoder_weights, init_onnx, place)
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -372,7 +369,6 @@ def start_weights(
     device: torch.device,
     encoder_weights: Path | None,
     init_onnx: Path | None,
-    log: Log,
 ) -> dict[str, Any] | None:
     """Weights of a fresh run: an exported ONNX file (BatchNorms calibrated on the first labelled crops; its
     name, sha256 and parity are returned for the checkpoint), else ImageNet encoder weights, else random."""
@@ -380,13 +376,14 @@ def start_weights(
         count = min(len(crops), CALIBRATION_CROPS)
         batch = torch.stack([crops[(i, 0, i)]["image"] for i in range(count)])
         measured = load_onnx_weights(net, Path(init_onnx), batch)
-        log(f"weights: {Path(init_onnx).name} loaded, BatchNorm calibrated on {count} crops, parity {measured:.1e}")
+        log.info("weights: %s loaded, BatchNorm calibrated on %d crops, parity %.1e", Path(init_onnx).name, count,
+                 measured)
         return {"file": Path(init_onnx).name, "sha256": sha256_file(init_onnx), "parity": measured}
     if encoder_weights is not None:
         count = load_encoder_weights(net.to(device), Path(encoder_weights))
-        log(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
+        log.info(f"encoder: {count} tensors loaded from {Path(encoder_weights).name}")
     else:
-        log("warning: no --encoder-weights given: the encoder starts from random weights")
+        log.warning("no --encoder-weights given: the encoder starts from random weights")
     return None
 
 
@@ -413,12 +410,12 @@ def restore(
     return teacher, int(checkpoint["epoch"]), int(checkpoint["step"]), checkpoint["metrics"].get("best_val_f1")
 
 
-def log_sources(folders: list[Path], sources: list[int], probs: np.ndarray | None, log: Log) -> None:
+def log_sources(folders: list[Path], sources: list[int], probs: np.ndarray | None) -> None:
     """One line per data folder: its labelled images and their share of the labelled draws."""
     for index, folder in enumerate(folders):
         mine = [source == index for source in sources]
         share = probs[mine].sum() if probs is not None else sum(mine) / max(1, len(sources))
-        log(f"source {folder.name}: {sum(mine)} labelled image(s), {share:.0%} of labelled draws")
+        log.info(f"source {folder.name}: {sum(mine)} labelled image(s), {share:.0%} of labelled draws")
 
 
 def validate_if_due(
@@ -492,7 +489,6 @@ def _train(
     encoder_weights: Path | None,
     init_onnx: Path | None,
     place: Dist,
-    log: Log,
 ) -> Path:
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
@@ -504,8 +500,8 @@ def _train(
             {**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)}
         )
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
-    data = prepare_data(cfg, data_dirs, cache, place, log)
-    log(
+    data = prepare_data(cfg, data_dirs, cache, place)
+    log.info(
         f"data: {len(data.labelled)} labelled, {len(data.unlabelled)} unlabelled, {len(data.validation)} validation"
         f" image(s); {len(data.problems)} skipped"
     )
@@ -516,7 +512,7 @@ def _train(
     if checkpoint is not None:
         started_from = checkpoint.get("init_onnx")
     else:
-        started_from = start_weights(net, labelled_set, device, encoder_weights, init_onnx, log)
+        started_from = start_weights(net, labelled_set, device, encoder_weights, init_onnx)
     net = net.to(device)
     student: nn.Module = net
     if place.world > 1:
@@ -531,7 +527,7 @@ def _train(
     epoch, step, best_f1 = 0, 0, None
     if checkpoint is not None:
         teacher, epoch, step, best_f1 = restore(checkpoint, net, optimizer, scheduler, scaler)
-        log(f"resumed from {LAST} at epoch {epoch}, step {step}")
+        log.info(f"resumed from {LAST} at epoch {epoch}, step {step}")
 
     csv_log = CsvLog(out_dir, cfg.runtime.tensorboard) if place.main else None
     metrics: dict[str, Any] = {"val_f1": None, "best_val_f1": best_f1}
@@ -556,7 +552,8 @@ def _train(
 
     if checkpoint is None and place.main and data.validation and cfg.validation.every_epochs > 0:
         start_f1 = validate(net, data.validation, cfg, device)
-        log(f"validation F1 before training: {start_f1:.4f}")
+        log.info(f"validation F1 before training: {start_f1:.4f}")
+        assert csv_log is not None  # the main process keeps the log
         csv_log.write({"epoch": 0, "step": 0, "val_f1": start_f1, "teacher": 0})
     barrier(place)
 
@@ -564,15 +561,15 @@ def _train(
     labelled_probs = sampling_probabilities([p.source for p in data.labelled], cfg.data.weights)
     unlabelled_probs = sampling_probabilities([p.source for p in data.unlabelled], cfg.data.weights)
     if place.main and len(data_dirs) > 1:
-        log_sources(data_dirs, [p.source for p in data.labelled], labelled_probs, log)
+        log_sources(data_dirs, [p.source for p in data.labelled], labelled_probs)
     semi = cfg.teacher.semi_supervised and len(data.unlabelled) > 0
     if cfg.teacher.semi_supervised and not data.unlabelled:
-        log("warning: semi_supervised is on but there are no unlabelled images; training supervised only")
+        log.warning("semi_supervised is on but there are no unlabelled images; training supervised only")
     best_path = out_dir / BEST
     while epoch < cfg.schedule.epochs and step < total_steps:
         if semi and teacher is None and epoch >= cfg.teacher.warmup_epochs:
             teacher = make_teacher(net)
-            log(f"warm-up over after {epoch} epoch(s): teacher copied from the student")
+            log.info(f"warm-up over after {epoch} epoch(s): teacher copied from the student")
         epoch_steps = min(steps, total_steps - step)
         labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place, labelled_probs)
         unlabelled_iter = (
@@ -598,20 +595,22 @@ def _train(
             )
             if metrics["val_f1"] is not None and improved:
                 metrics["best_val_f1"] = metrics["val_f1"]
-            row = epoch_row(epoch, step, scheduler.get_last_lr()[-1], seconds, cpu_seconds, done, sums,
+            row = epoch_row(epoch, step, float(scheduler.get_last_lr()[-1]), seconds, cpu_seconds, done, sums,
                             teacher is not None, metrics["val_f1"])
+            assert csv_log is not None
             csv_log.write(row)
             state = payload(epoch)
             save_checkpoint(out_dir / LAST, state)
             if improved or not best_path.exists():
                 save_checkpoint(best_path, state)
             val_text = f", val F1 {metrics['val_f1']:.4f}" if metrics["val_f1"] is not None else ""
-            log(f"epoch {epoch}: step {step}, loss {row['loss_total']:.4f}, {row['sec_per_step']:.3f} s/step{val_text}")
+            log.info("epoch %d: step %d, loss %.4f, %.3f s/step%s", epoch, step, row["loss_total"], row["sec_per_step"],
+                     val_text)
         barrier(place)
     if csv_log is not None:
         csv_log.close()
     if data.problems:
-        log(f"skipped {len(data.problems)} file(s):\n" + "\n".join(f"  {problem}" for problem in data.problems))
+        log.warning(f"skipped {len(data.problems)} file(s):\n" + "\n".join(f"  {problem}" for problem in data.problems))
     return best_path
 
 

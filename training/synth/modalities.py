@@ -208,7 +208,8 @@ def render_brightfield(rng: np.random.Generator, p: BrightfieldParams, hw: tuple
     n = int(labels.max())
     ratio = uniform(rng, p.lookalike_ratio)
     if style == "smear":
-        look_d, look_shapes, look_layout = d * rng.uniform(0.5, 0.8), (("round", 1.0),), "packed"
+        look_d, look_layout = d * rng.uniform(0.5, 0.8), "packed"
+        look_shapes: tuple[tuple[str, float], ...] = (("round", 1.0),)
         look_cover = rng.uniform(0.25, 0.55)
     else:
         look_d, look_shapes, look_layout = d * rng.uniform(0.8, 1.2), p.shapes, pick(rng, p.layouts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import imageio.v3 as iio
@@ -27,7 +28,7 @@ def write_image(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt.ext in (".tif", ".tiff"):
-        extra = {"compression": "zlib"} if tiff_zlib else {}
+        extra: dict[str, Any] = {"compression": "zlib"} if tiff_zlib else {}
         if fmt.layout == "gray":
             tifffile.imwrite(path, image, photometric="minisblack", **extra)
         elif fmt.layout == "chw":
