@@ -328,7 +328,7 @@ def run_folder(
     requested extra failed). `extras`: names of `EXTRA_SUFFIXES` to write beside each label file.
 
     Raises `SetupError` for folder problems, unknown extras and `app.errors.ModelError` for a model that cannot
-    be used, all before any image is processed. Logs one INFO line per written image, a WARNING per failure.
+    be used, all before any image is processed. Logs one INFO line per written image, an ERROR line per failure.
     """
     input_dir, output_dir, report_path, images = prepare_run(input_dir, output_dir, report, extras)
 
