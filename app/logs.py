@@ -15,7 +15,7 @@ import sys
 
 from tqdm import tqdm
 
-PACKAGES = ("app", "training", "benchmarks")  # the loggers this handler serves
+PACKAGES = ("app", "training")  # the packages whose module loggers this handler serves
 
 
 class LineFormatter(logging.Formatter):
