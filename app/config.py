@@ -65,13 +65,13 @@ class InferenceConfig:
     adaptive_spread: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "adaptive scales, as factors of target / diameter")
     adaptive_scale_range: tuple[float, ...] = _opt((0.25, 4.0), "adaptive scales are clipped to [low, high]")
     estimate_side: int = _opt(512, "side (px, as the model sees it) of the central crop of the diameter estimate")
-    estimate_first_scales: tuple[float, ...] = _opt((0.5, 1.0, 2.0), "scales of the estimate's first look, tried "
-                                                    "in order until one finds objects: coarse first, because cells "
-                                                    "seen too large split into pieces that pass for small cells")
-    estimate_passes: int = _opt(3, "diameter estimate passes at most (first looks, then a look at the scale the "
-                                "last one suggests)")
-    estimate_refine_ratio: float = _opt(1.5, "a further estimate pass runs only when its scale differs by more "
-                                        "than this factor")
+    estimate_scales: tuple[float, ...] = _opt((0.125, 0.25, 0.5, 1.0, 2.0), "scales of the estimate's looks, "
+                                              "taken coarse to fine until one is accepted")
+    estimate_min_view: float = _opt(10.0, "a look counts only when its objects reach the model at least this "
+                                    "large (px): coarser looks merge small objects into blobs")
+    estimate_agreement: float = _opt(1.4, "a look is accepted when the next finer look's estimate agrees within "
+                                     "this factor (objects merged or split at a wrong scale keep their size in "
+                                     "the model's view, so their size in the image changes from look to look)")
     estimate_min_objects: int = _opt(3, "fewer objects than this in the estimate crop fall back to fixed scales")
     estimate_budget_share: float = _opt(0.25, "the estimate runs only when its cost fits this share of the budget")
     fusion: str = _opt("max", "how the scales' maps are combined: max (MT2's pixel-wise maximum) or mean")
@@ -107,8 +107,10 @@ class InferenceConfig:
             raise ValueError("adaptive_scale_range needs two values 0 < low <= high")
         if not self.adaptive_spread or min(self.adaptive_spread) <= 0:
             raise ValueError("adaptive_spread needs positive factors")
-        if not self.estimate_first_scales or min(self.estimate_first_scales) <= 0:
-            raise ValueError("estimate_first_scales needs positive scales")
+        if not self.estimate_scales or min(self.estimate_scales) <= 0:
+            raise ValueError("estimate_scales needs positive scales")
+        if self.estimate_agreement < 1:
+            raise ValueError("estimate_agreement must be >= 1")
         if self.overlay_max_side < 0:
             raise ValueError("overlay_max_side must be >= 0")
 

@@ -1,23 +1,30 @@
 """Typical object size of an image and the scales that show its objects to the model at its trained size.
 
-A fixed scale per modality (MT2's 1.5 for fluorescence, 0.8/1.0/1.2 otherwise) is right only for images
-whose cells happen to be the size of the training cells. In adaptive mode quick passes find the objects
-instead: the model runs without flipped views on a central crop of about `cfg.estimate_side` pixels as the
-model sees it (one window), the crop is post-processed, and the median equivalent diameter of the objects not
-touching the crop's border is the estimate. The first look is coarse (`cfg.estimate_first_scales`, 0.5×
-first): a whole phase-contrast cell of 70 px seen at full size splits into pieces of about 20 px that pass for
-small cells, so an estimate started there confirms its own mistake, while small nuclei seen too small are
-simply not found and the next first scale looks closer. When the estimate is far from `cfg.target_diameter`,
-a further pass looks again at the scale it suggests (tiny cells merge and huge ones split at a wrong scale, so
-the later look is the better one). The image's scales are then `cfg.adaptive_spread` around target /
-diameter. A diameter given by the user (`--diameter`, Cellpose's convention) skips the passes; too few objects
-fall back to the fixed scales.
+A fixed scale per modality (MT2's 1.5 for fluorescence, 0.8/1.0/1.2 otherwise) is right only for images whose cells
+happen to be the size of the training cells. In adaptive mode quick looks find the objects instead: the model runs
+without flipped views on a central crop of about `cfg.estimate_side` pixels as the model sees it (one window), the
+crop is post-processed, and the median equivalent diameter of the objects not touching the crop's border is that
+look's estimate.
+
+One look can be wrong in two ways, and both keep the objects at about the model's favourite size in its view:
+objects seen too large split into pieces (a 140 px phase-contrast cell seen at 70 px), objects seen too small merge
+into blobs. Their estimate in image pixels then moves with the look's scale, while a look that sees the real objects
+gives the same size as the next one. So the looks go coarse to fine (`cfg.estimate_scales`, an octave apart) and the
+first look is accepted whose objects reach the model at `cfg.estimate_min_view` px or more and whose estimate the
+next finer look confirms within `cfg.estimate_agreement` (the finest look needs no confirmation when no coarser look
+reached that size); the estimate is the finer look's, which sees the objects with more pixels. When the looks
+contradict each other, the median of those that reached the model at the minimum size decides (any of them may show
+pieces or blobs: the middle bounds the error either way); when none reached it, the look whose objects came closest
+to `cfg.target_diameter` in its view. The image's scales are then `cfg.adaptive_spread` around target / diameter. A
+diameter given by the user (`--diameter`, Cellpose's convention) skips the looks; too few objects fall back to the
+fixed scales.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +45,7 @@ class SizeEstimate:
     diameter: float | None
     source: str  # "estimated", "given" or "fixed" (fixed mode, or too few objects found)
     objects: int = 0
-    passes: int = 0
+    looks: int = 0
     seconds: float = 0.0
 
 
@@ -72,36 +79,68 @@ def clip_scale(scale: float, cfg: InferenceConfig) -> float:
 
 
 def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) -> tuple[float | None, int]:
-    """One single-view pass at `scale` on a central crop of one window: (median diameter in px of the image, or
+    """One single-view look at `scale` on a central crop of one window: (median diameter in px of the image, or
     None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
     crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
     cell, boundary = predict_maps(crop, runner, Plan((scale,), cfg.stride), cfg)
     return median_diameter(instance_map(cell, boundary, cfg), cfg.estimate_min_objects)
 
 
-def estimate_diameter(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig) -> SizeEstimate:
-    """Median object diameter of an image from up to `cfg.estimate_passes` looks: the first scales in order
-    until one finds objects, then at the scale the latest estimate suggests until it stops moving."""
-    started = time.perf_counter()
-    first = list(cfg.estimate_first_scales)
-    scale, best, count, passes = first.pop(0), None, 0, 0
-    while passes < max(1, cfg.estimate_passes):
-        found, n = look(image_u8, runner, scale, cfg)
-        passes += 1
-        if found is None:
-            if best is not None or not first:
-                break  # a refining look that finds nothing keeps the estimate before it
-            scale = first.pop(0)
+def pick_estimate(
+    scales: Sequence[float], at: Callable[[float], tuple[float | None, int]], cfg: InferenceConfig
+) -> tuple[float | None, float | None]:
+    """(diameter, scale of the look that decided) from looks taken coarse to fine through `at(scale)` ->
+    (median diameter in px of the image or None, objects), asked for only as far as needed.
+
+    Accepted: the first look whose objects reach the model at `cfg.estimate_min_view` px and whose estimate the
+    next finer look confirms (the finer look's estimate is returned: it sees the objects with more pixels); the
+    finest look needs no confirmation when no coarser look reached that size (tiny objects only it can see).
+    When the looks that reached it contradict each other, each of them may show pieces or blobs, so their
+    median decides (the error is bounded either way); when none reached it, the look that showed its objects
+    closest to `cfg.target_diameter`. (None, None) when no look found any objects."""
+    order = sorted(scales)
+    seen: dict[float, float] = {}
+    large: dict[float, float] = {}  # the looks whose objects reached the model at the minimum size
+    for i, scale in enumerate(order):
+        diameter = at(scale)[0]
+        if diameter is None:
             continue
-        best, count = found, n
-        wanted = clip_scale(cfg.target_diameter / found, cfg)
-        if abs(math.log(wanted / scale)) <= math.log(cfg.estimate_refine_ratio):
+        seen[scale] = diameter
+        if diameter * scale < cfg.estimate_min_view:
+            continue
+        finest, contradicted = i + 1 == len(order), bool(large)
+        large[scale] = diameter
+        if finest and contradicted:
             break
-        scale = wanted
+        finer_scale = scale if finest else order[i + 1]
+        finer = at(finer_scale)[0]
+        if finer is not None and abs(math.log(diameter / finer)) <= math.log(cfg.estimate_agreement):
+            return finer, finer_scale
+    if large:
+        middle = float(np.median(list(large.values())))
+        return middle, min(large, key=lambda s: abs(large[s] - middle))
+    if not seen:
+        return None, None
+    closest = min(seen, key=lambda s: abs(math.log(seen[s] * s / cfg.target_diameter)))
+    return seen[closest], closest
+
+
+def estimate_diameter(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig) -> SizeEstimate:
+    """Median object diameter of an image (px) from single-view looks at `cfg.estimate_scales` (`pick_estimate`
+    says which decides), each look run once."""
+    started = time.perf_counter()
+    found: dict[float, tuple[float | None, int]] = {}
+
+    def at(scale: float) -> tuple[float | None, int]:
+        if scale not in found:
+            found[scale] = look(image_u8, runner, scale, cfg)
+        return found[scale]
+
+    diameter, chosen = pick_estimate(cfg.estimate_scales, at, cfg)
     seconds = time.perf_counter() - started
-    if best is None:
-        return SizeEstimate(None, FIXED, count, passes, seconds)
-    return SizeEstimate(best, ESTIMATED, count, passes, seconds)
+    if diameter is None or chosen is None:
+        return SizeEstimate(None, FIXED, max(n for _, n in found.values()), len(found), seconds)
+    return SizeEstimate(diameter, ESTIMATED, found[chosen][1], len(found), seconds)
 
 
 def adaptive_scales(diameter: float, cfg: InferenceConfig) -> tuple[float, ...]:
@@ -142,5 +181,6 @@ __all__ = [
     "estimate_diameter",
     "look",
     "median_diameter",
+    "pick_estimate",
     "size_estimate",
 ]

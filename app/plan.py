@@ -287,12 +287,12 @@ class Planner:
         return float(self.budget)
 
     def estimate_allowed(self, height: int, width: int) -> bool:
-        """Whether the diameter estimate's passes (one window each) fit `cfg.estimate_budget_share` of the
-        image's budget; always with no budget."""
+        """Whether the diameter estimate's looks (one window each, all of them at worst) fit
+        `cfg.estimate_budget_share` of the image's budget; always with no budget."""
         budget = self.budget_seconds(height, width)
         if budget is None:
             return True
-        cost = max(1, self.cfg.estimate_passes) * (self.costs.window_seconds + self.costs.post_seconds_per_mp * 0.3)
+        cost = len(self.cfg.estimate_scales) * (self.costs.window_seconds + self.costs.post_seconds_per_mp * 0.3)
         return cost <= self.cfg.estimate_budget_share * budget
 
     def plan(

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=ROOT / "weights", help="weights folder or ONNX file")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default)")
     p.add_argument("--flips", type=int, default=0, help="the app's --flips (0: the model's manifest)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="scale modes of part sizes (fixed does not depend on the size estimate)")
     p.add_argument("--work", type=Path, default=None, help="folder for the variants and predictions (default: temp)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
@@ -134,9 +136,11 @@ def run_layouts(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) ->
 
 
 def run_sizes(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) -> list[str]:
-    head = " | ".join(f"{mode} ×{factor:g}" for mode in MODES for factor in RESIZES)
-    lines = [f"| folder | images | {head} | adaptive worst drop | fixed worst drop |",
-             "|---|---:|" + "---:|" * (len(MODES) * len(RESIZES) + 2)]
+    modes = args.modes
+    head = " | ".join(f"{mode} ×{factor:g}" for mode in modes for factor in RESIZES)
+    drops_head = " | ".join(f"{mode} worst drop" for mode in modes)
+    lines = [f"| folder | images | {head} | {drops_head} |",
+             "|---|---:|" + "---:|" * (len(modes) * len(RESIZES) + len(modes))]
     taken: set[str] = set()
     for index, folder in enumerate(args.folders):
         name = folder_name(folder, taken)
@@ -155,16 +159,16 @@ def run_sizes(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) -> l
                 tifffile.imwrite(base / "images" / (image.name.split(".")[0] + ".tif"), pixels, compression="zlib",
                                  photometric="rgb" if pixels.ndim == 3 and pixels.shape[2] in (3, 4) else None)
                 write_labels(base / "labels" / label.name, labels)
-            for mode in MODES:
+            for mode in modes:
                 pred = base / f"pred_{mode}"
                 predict_with_app(base / "images", pred, args.model, args.threads, "none",
                                  (*extra, "--scale-mode", mode))
                 pred.mkdir(exist_ok=True)
                 results[(mode, factor)] = score(base / "labels", pred)
                 log(f"{name} ×{factor:g} {mode}: F1 {results[(mode, factor)]:.3f}")
-        drops = [max(results[(m, 1.0)] - results[(m, f)] for f in RESIZES) for m in MODES]
-        cells = " | ".join(f"{results[(m, f)]:.3f}" for m in MODES for f in RESIZES)
-        lines.append(f"| {name} | {len(chosen)} | {cells} | {drops[0]:+.3f} | {drops[1]:+.3f} |")
+        drops = " | ".join(f"{max(results[(m, 1.0)] - results[(m, f)] for f in RESIZES):+.3f}" for m in modes)
+        cells = " | ".join(f"{results[(m, f)]:.3f}" for m in modes for f in RESIZES)
+        lines.append(f"| {name} | {len(chosen)} | {cells} | {drops} |")
     return lines
 
 

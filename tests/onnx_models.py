@@ -94,6 +94,27 @@ def disc_image(
     return image
 
 
+def labelled_disc_folder(
+    folder: Path, count: int, shape: tuple[int, int], centres: list[tuple[int, int]], radius: int
+) -> Path:
+    """A challenge-layout folder (images/ + labels/) of `count` disc images (`disc_image`, image i shifted down
+    by i px) with their label files; returns `folder`."""
+    import imageio.v3 as iio
+    import tifffile
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for i in range(count):
+        shifted = [(y + i, x) for y, x in centres]
+        iio.imwrite(folder / "images" / f"c{i}.png", disc_image(shape, shifted, radius))
+        labels = np.zeros(shape, np.uint16)
+        for k, (y, x) in enumerate(shifted, 1):
+            labels[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = k
+        tifffile.imwrite(folder / "labels" / f"c{i}_label.tiff", labels, compression="zlib")
+    return folder
+
+
 def fp16_io_model(path: Path, **kwargs) -> Path:
     """`contract_model` converted to float16 throughout, inputs and outputs included (no keep_io_types)."""
     from onnxconverter_common import float16

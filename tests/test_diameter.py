@@ -18,6 +18,7 @@ from app.diameter import (
     equivalent_diameters,
     estimate_diameter,
     median_diameter,
+    pick_estimate,
     size_estimate,
 )
 from app.plan import Costs, Planner, choose_plan
@@ -63,20 +64,58 @@ def test_estimate_is_within_15_percent_across_sizes(runner: ModelRunner, diamete
     found = estimate_diameter(discs(diameter, seed=diameter), runner, CFG)
     assert found.source == ESTIMATED and found.objects >= CFG.estimate_min_objects
     assert found.diameter == pytest.approx(diameter, rel=0.15)
-    assert 1 <= found.passes <= CFG.estimate_passes and found.seconds > 0
+    assert 1 <= found.looks <= len(CFG.estimate_scales) and found.seconds > 0
 
 
-def test_first_look_is_coarse_and_falls_back_closer(runner: ModelRunner) -> None:
-    # Large objects are measured at the first, coarse scale (no finer look that could split them) ...
+def looks(answers: dict[float, float | None], asked: list[float]):
+    """`pick_estimate`'s `at` for given per-scale answers (px of the image), recording the scales asked for."""
+
+    def at(scale: float) -> tuple[float | None, int]:
+        asked.append(scale)
+        return answers[scale], 0 if answers[scale] is None else 5
+
+    return at
+
+
+SCALES = (0.125, 0.25, 0.5, 1.0, 2.0)
+RULE = InferenceConfig(estimate_scales=SCALES, estimate_min_view=10.0, estimate_agreement=1.4, target_diameter=30.0)
+
+
+def test_looks_go_coarse_to_fine_and_need_a_confirming_neighbour() -> None:
+    # A 140 px cell split into pieces at the fine looks (their size in the image halves as the scale doubles):
+    # the two coarsest looks agree on the whole cell, and no finer look is taken.
+    asked: list[float] = []
+    split = pick_estimate(SCALES, looks({0.125: 120.0, 0.25: 128.0, 0.5: 70.0, 1.0: 35.0, 2.0: 18.0}, asked), RULE)
+    assert split == (128.0, 0.25) and asked == [0.125, 0.25]
+    # Small nuclei merged into blobs by the coarse looks (seen under 10 px, or not confirmed): the fine pair wins.
+    asked = []
+    merged = pick_estimate(SCALES, looks({0.125: 60.0, 0.25: 40.0, 0.5: 26.0, 1.0: 15.0, 2.0: 15.5}, asked), RULE)
+    assert merged == (15.5, 2.0) and sorted(set(asked)) == list(SCALES)
+    # The finest look needs no confirmation when it alone sees the objects large enough ...
+    finest = looks({0.125: None, 0.25: None, 0.5: None, 1.0: 6.0, 2.0: 5.5}, [])
+    assert pick_estimate(SCALES, finest, RULE) == (5.5, 2.0)
+    # ... but it does when a coarser look saw them large enough: cells split at every look but the coarsest
+    # (pieces of about 26 px in the model's view) contradict each other, and their median decides.
+    pieces = looks({0.125: None, 0.25: 72.0, 0.5: 40.0, 1.0: 26.0, 2.0: 13.0}, [])
+    assert pick_estimate(SCALES, pieces, RULE) == (pytest.approx(33.0), 0.5)
+    # Without any look seen large enough, the one whose objects came closest to the target in its view decides;
+    # without objects, nothing does.
+    small = looks({0.125: None, 0.25: None, 0.5: 12.0, 1.0: 8.0, 2.0: None}, [])
+    assert pick_estimate(SCALES, small, RULE) == (8.0, 1.0)
+    assert pick_estimate(SCALES, looks(dict.fromkeys(SCALES), []), RULE) == (None, None)
+
+
+def test_large_objects_and_empty_images(runner: ModelRunner) -> None:
+    # Large objects are measured by a coarse look (fine looks, which could split them, are not needed) ...
     large = estimate_diameter(discs(80, seed=1), runner, CFG)
-    assert large.passes == 1 and large.diameter == pytest.approx(80, rel=0.15)
-    # ... and a crop where nothing is found tries every first scale before MT2's fixed scales.
+    assert large.looks <= 3 and large.diameter == pytest.approx(80, rel=0.15)
+    # ... and a crop where nothing is found takes every look before MT2's fixed scales.
     empty = estimate_diameter(np.zeros((256, 256, 3), np.uint8), runner, CFG)
-    assert (empty.source, empty.passes) == (FIXED, len(CFG.estimate_first_scales))
-    capped = estimate_diameter(np.zeros((256, 256, 3), np.uint8), runner, CFG.with_overrides(estimate_passes=2))
-    assert capped.passes == 2
-    with pytest.raises(ValueError, match="estimate_first_scales"):
-        InferenceConfig(estimate_first_scales=(0.5, 0.0))
+    assert (empty.source, empty.looks) == (FIXED, len(CFG.estimate_scales))
+    with pytest.raises(ValueError, match="estimate_scales"):
+        InferenceConfig(estimate_scales=(0.5, 0.0))
+    with pytest.raises(ValueError, match="estimate_agreement"):
+        InferenceConfig(estimate_agreement=0.9)
 
 
 def test_scales_bring_objects_to_the_target_size() -> None:
@@ -90,7 +129,7 @@ def test_scales_bring_objects_to_the_target_size() -> None:
 def test_diameter_option_overrides_the_estimate_and_fixed_mode_keeps_mt2(runner: ModelRunner) -> None:
     image = discs(20)
     given = size_estimate(image, runner, CFG.with_overrides(diameter=10.0))
-    assert (given.source, given.diameter, given.passes) == (GIVEN, 10.0, 0)
+    assert (given.source, given.diameter, given.looks) == (GIVEN, 10.0, 0)
     assert choose_scales(given, False, CFG.with_overrides(target_diameter=30.0)) == (2.4, 3.0, 3.6)
     fixed = size_estimate(image, runner, CFG.with_overrides(scale_mode="fixed"))
     assert fixed.source == FIXED and choose_scales(fixed, True, CFG) == (1.5,)
