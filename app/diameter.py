@@ -108,14 +108,15 @@ def pick_estimate(
         seen[scale] = diameter
         if diameter * scale < cfg.estimate_min_view:
             continue
-        finest, contradicted = i + 1 == len(order), bool(large)
+        contradicted = bool(large)
         large[scale] = diameter
-        if finest and contradicted:
-            break
-        finer_scale = scale if finest else order[i + 1]
-        finer = at(finer_scale)[0]
+        if i + 1 == len(order):
+            if contradicted:
+                break
+            return diameter, scale  # tiny objects that only the finest look sees large enough
+        finer = at(order[i + 1])[0]
         if finer is not None and abs(math.log(diameter / finer)) <= math.log(cfg.estimate_agreement):
-            return finer, finer_scale
+            return finer, order[i + 1]
     if large:
         middle = float(np.median(list(large.values())))
         return middle, min(large, key=lambda s: abs(large[s] - middle))

@@ -100,12 +100,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.folders:
         if {"mt", "supervised"} & set(args.methods):
             p.error("--folders scores the methods model and baseline only")
-        for folder in args.folders:
-            if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
-                p.error(f"--folders {folder}: needs images/ and labels/")
+        check_labelled_folders(p, args.folders)
     if "model" in args.methods and not args.model.exists():
         p.error(f"--model {args.model} not found (train and export the shipped weights, or leave out 'model')")
     return args
+
+
+def check_labelled_folders(parser: argparse.ArgumentParser, folders: list[Path]) -> None:
+    """Stop with a usage error at the first of `folders` that lacks images/ or labels/ (challenge layout)."""
+    for folder in folders:
+        if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
+            parser.error(f"--folders {folder}: needs images/ and labels/")
 
 
 def log(message: str) -> None:

@@ -33,7 +33,7 @@ from app.metric import read_labels
 from app.normalize import normalize, to_rgb
 from app.reader import read_image
 from app.runner import ModelRunner, resolve_model
-from benchmarks.accuracy import emit, folder_name, machine
+from benchmarks.accuracy import check_labelled_folders, emit, folder_name, machine
 from benchmarks.inputs import pairs, resized_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an InferenceConfig field for this run (tuples as comma lists), repeatable")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
     args = p.parse_args(argv)
-    for folder in args.folders:
-        if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
-            p.error(f"--folders {folder}: needs images/ and labels/")
+    check_labelled_folders(p, args.folders)
     return args
 
 
@@ -110,7 +108,7 @@ def table(records: list[Record], factors: list[float]) -> list[str]:
     lines = ["| folder | resize | labelled px (median) | estimate / labelled | within 25% | follows the resize "
              "| fell back | looks | s |", "|---|---|---|---|---|---|---|---|---|"]
     folders = list(dict.fromkeys(r.folder for r in records))
-    groups = [(f"{folder}", factor, [r for r in records if r.folder == folder and r.factor == factor])
+    groups = [(folder, factor, [r for r in records if r.folder == folder and r.factor == factor])
               for folder in folders for factor in factors]
     if len(folders) > 1:
         groups += [("all", factor, [r for r in records if r.factor == factor]) for factor in factors]

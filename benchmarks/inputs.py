@@ -26,7 +26,7 @@ import numpy as np
 from app.metric import evaluate_folders, read_labels
 from app.reader import labelled_pairs, read_image
 from app.writer import write_labels
-from benchmarks.accuracy import emit, folder_name, log, machine, predict_with_app
+from benchmarks.accuracy import check_labelled_folders, emit, folder_name, log, machine, predict_with_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=None, help="folder for the variants and predictions (default: temp)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     args = p.parse_args(argv)
-    for folder in args.folders:
-        if not (folder / "images").is_dir() or not (folder / "labels").is_dir():
-            p.error(f"--folders {folder}: needs images/ and labels/")
+    check_labelled_folders(p, args.folders)
     return args
 
 
