@@ -66,6 +66,15 @@ def median_diameter(labels: np.ndarray, min_objects: int) -> tuple[float | None,
     return float(np.median(diameters)), int(diameters.size)
 
 
+def label_diameter(labels: np.ndarray) -> float | None:
+    """Typical object size of a label map: the median equivalent diameter of the objects off the border, or
+    of all objects when every one touches it (a crop of large cells); None for an empty map."""
+    diameter, _ = median_diameter(labels, 1)
+    if diameter is None and labels.any():
+        diameter = float(np.median(equivalent_diameters(labels)))
+    return diameter
+
+
 def central_crop(image: np.ndarray, side: int) -> np.ndarray:
     """The central side × side part of an H×W(×C) array (the whole array along shorter axes)."""
     h, w = image.shape[:2]
@@ -180,6 +189,7 @@ __all__ = [
     "choose_scales",
     "equivalent_diameters",
     "estimate_diameter",
+    "label_diameter",
     "look",
     "median_diameter",
     "pick_estimate",

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config import InferenceConfig
-from app.diameter import ESTIMATED, median_diameter, size_estimate
+from app.diameter import ESTIMATED, label_diameter, size_estimate
 from app.manifest import postprocess_settings
 from app.metric import read_labels
 from app.normalize import normalize, to_rgb
@@ -68,11 +68,6 @@ def parse_override(text: str) -> tuple[str, object]:
     if isinstance(value, list):
         value = tuple(value)
     return name, value
-
-
-def labelled_diameter(labels: np.ndarray) -> float | None:
-    """Median equivalent diameter of the labelled objects off the border (None without any)."""
-    return median_diameter(labels, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ def measure(folder: Path, name: str, args: argparse.Namespace, runner: ModelRunn
         image, labels = read_image(image_path, cfg.max_pixels), read_labels(label_path)
         for factor in args.resizes:
             img, lab = (image, labels) if factor == 1.0 else resized_copy(image, labels, factor)
-            labelled = labelled_diameter(lab)
+            labelled = label_diameter(lab)
             if labelled is None:
                 continue
             found = size_estimate(normalize(to_rgb(img), cfg), runner, cfg)

@@ -9,6 +9,7 @@ import torch
 from training.augment import (
     Geometry,
     apply_cutmix,
+    base_scale,
     cutmix_boxes,
     extract_region,
     jitter,
@@ -59,6 +60,35 @@ def test_geometry_stays_within_or_pads_small_images():
         if g.size > 30:  # narrower than the square: the image sits inside it
             assert -(g.size - 30) <= g.x0 <= 0
     assert min(sizes) < 45 and max(sizes) > 90  # both ends of the scale range are drawn
+
+
+def test_base_scale_brings_objects_to_the_configured_diameter():
+    cfg = AugmentConfig(crop=64, scale_min=1.0, scale_max=1.0, diameter=30.0)
+    assert base_scale(15.0, cfg) == pytest.approx(2.0) and base_scale(60.0, cfg) == pytest.approx(0.5)
+    assert base_scale(3.0, cfg) == 4.0 and base_scale(600.0, cfg) == 0.25  # clipped
+    assert base_scale(None, cfg) == 1.0  # unknown size: native
+    assert base_scale(15.0, AugmentConfig(diameter=0.0)) == 1.0  # switched off: MT2's native jitter
+    assert sample_geometry(np.random.default_rng(0), (200, 200), cfg, base_scale(15.0, cfg)).size == 32
+
+
+def test_views_show_objects_at_the_configured_diameter_whatever_their_size():
+    """A disc of diameter d reaches the crop at about cfg.diameter x the jitter, for small and large d."""
+    cfg = AugmentConfig(crop=64, scale_min=0.8, scale_max=1.25, diameter=24.0, flips=False, rot90=False,
+                        brightness=0.0, contrast=0.0)
+    for d in (8, 48):
+        yy, xx = np.mgrid[: 4 * d, : 4 * d]
+        disc = (yy - 2 * d) ** 2 + (xx - 2 * d) ** 2 <= (d / 2) ** 2
+        targets = np.stack([disc, disc, np.zeros_like(disc)], -1).astype(np.float16)
+        image = np.repeat(disc[..., None] * np.uint8(200), 3, axis=2)
+        whole = 0
+        for seed in range(12):
+            _, cls, _, _ = labelled_view(image, targets, np.random.default_rng(seed), cfg, base_scale(d, cfg))
+            inside = cls == 1
+            if inside.any() and not (inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()):
+                whole += 1
+                seen = np.sqrt(4 * float(inside.sum()) / np.pi)
+                assert 24 * 0.8 * 0.9 <= seen <= 24 * 1.25 * 1.1
+        assert whole >= 3  # the disc was seen whole in several views
 
 
 def test_orient_matches_numpy():

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from app.config import InferenceConfig
+from app.diameter import label_diameter
+from app.metric import read_labels
 from tests.log_capture import logged
 from tests.training_data import tiny_config, write_dataset
 from training.config import ConfigError, DataConfig, load_config
@@ -54,6 +56,20 @@ def test_sources_are_tagged_and_a_bad_file_in_one_is_named_and_skipped(tmp_path:
                                      InferenceConfig())
     assert len(prepared) == 7 and [p.source for p in prepared].count(0) == 3
     assert len(problems) == 1 and problems[0].startswith("cell_bad")
+
+
+def test_prepared_samples_know_their_object_diameter(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "a", labelled=2, unlabelled=1, seed=5)
+    split = split_sources([folder], DataConfig(val_fraction=0.0))
+    targets = load_config("cpu").targets
+    prepared, _ = prepare_all(split.labelled, tmp_path / "cache", DataConfig(), targets, InferenceConfig())
+    for sample, item in zip(split.labelled, prepared):
+        assert item.diameter == pytest.approx(label_diameter(read_labels(sample.label)))
+        assert item.diameter > 0
+    again, _ = prepare_all(split.labelled, tmp_path / "cache", DataConfig(), targets, InferenceConfig())
+    assert [p.diameter for p in again] == [p.diameter for p in prepared]  # from the cache
+    unlabelled, _ = prepare_all(split.unlabelled, tmp_path / "cache", DataConfig(), targets, InferenceConfig())
+    assert [p.diameter for p in unlabelled] == [None]
 
 
 def test_a_run_reads_several_sources_with_weights(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from app.diameter import (
     choose_scales,
     equivalent_diameters,
     estimate_diameter,
+    label_diameter,
     median_diameter,
     pick_estimate,
     size_estimate,
@@ -57,6 +58,16 @@ def test_equivalent_and_median_diameters() -> None:
     assert median_diameter(labels, 3) == (None, 2)
     assert central_crop(np.zeros((10, 30)), 8).shape == (8, 8)
     assert central_crop(np.zeros((10, 30)), 20).shape == (10, 20)
+
+
+def test_label_diameter_falls_back_to_objects_on_the_border() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    assert label_diameter(labels) is None
+    labels[0:10, 0:10] = 1  # every object touches the border: their own median
+    labels[30:40, 20:40] = 2
+    assert label_diameter(labels) == pytest.approx(float(np.median(equivalent_diameters(labels))))
+    labels[15:19, 15:19] = 3  # one inner object decides
+    assert label_diameter(labels) == pytest.approx(4.514, abs=1e-3)
 
 
 @pytest.mark.parametrize("diameter", [8, 12, 20, 32, 50, 80])

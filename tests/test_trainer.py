@@ -22,7 +22,15 @@ from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import prepare_all, split_dataset, steps_per_epoch
 from training.model import ModelConfig, MT2Net
-from training.trainer import BEST, LAST, build_optimizer, cosine_factor, load_encoder_weights, train
+from training.trainer import (
+    BEST,
+    LAST,
+    build_optimizer,
+    cosine_factor,
+    load_encoder_weights,
+    train,
+    validation_plan,
+)
 
 torch.set_num_threads(1)
 
@@ -208,3 +216,12 @@ def test_two_process_gloo_run(tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * steps_per_epoch(4, 1, 2, 2) == 2
     assert ckpt["teacher"] is not None
     assert len((out / "log.csv").read_text().splitlines()) == 3  # header + one row per epoch, rank 0 only
+
+
+
+def test_validation_shows_images_at_the_trained_diameter():
+    sized = tiny_config(**{"augment.diameter": 20.0, "validation.scales": [0.8, 1.0]})
+    assert validation_plan(10.0, sized).scales == pytest.approx((1.6, 2.0))  # 10 px objects seen at 16 and 20 px
+    assert validation_plan(200.0, sized).scales == pytest.approx((0.2, 0.25))  # base scale clipped at 0.25
+    assert validation_plan(None, sized).scales == (0.8, 1.0)  # no whole labelled object: native size
+    assert validation_plan(10.0, tiny_config(**{"validation.scales": [0.8, 1.0]})).scales == (0.8, 1.0)  # off

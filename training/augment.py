@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from training.config import AugmentConfig
+from training.config import DIAMETER_SCALE_RANGE, AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,21 @@ class Geometry:
     rot90: int  # quarter turns, 0..3
 
 
-def sample_geometry(rng: np.random.Generator, shape: tuple[int, int], cfg: AugmentConfig) -> Geometry:
-    """Random scale in [scale_min, scale_max], a random square of side crop/scale, random flips/rotation."""
-    scale = float(np.exp(rng.uniform(np.log(cfg.scale_min), np.log(cfg.scale_max))))
+def base_scale(diameter: float | None, cfg: AugmentConfig) -> float:
+    """The scale that brings objects of median diameter `diameter` (px) to `cfg.diameter`, clipped to
+    DIAMETER_SCALE_RANGE; 1 (native size) when either is unknown or zero."""
+    if not cfg.diameter or not diameter:
+        return 1.0
+    low, high = DIAMETER_SCALE_RANGE
+    return float(np.clip(cfg.diameter / diameter, low, high))
+
+
+def sample_geometry(
+    rng: np.random.Generator, shape: tuple[int, int], cfg: AugmentConfig, base: float = 1.0
+) -> Geometry:
+    """Random scale `base` x [scale_min, scale_max] (log-uniform), a random square of side crop/scale, random
+    flips/rotation."""
+    scale = base * float(np.exp(rng.uniform(np.log(cfg.scale_min), np.log(cfg.scale_max))))
     size = max(1, int(round(cfg.crop / scale)))
     starts = []
     for length in shape:
@@ -152,11 +164,11 @@ def strong(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) ->
 
 
 def labelled_view(
-    image: np.ndarray, targets: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+    image: np.ndarray, targets: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, base: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 H×W×3 image and H×W×3 targets (cls, cell, boundary) -> image 3×C×C in [0, 1], cls C×C int64,
-    cell 1×C×C and boundary 1×C×C float32, all of the same pixels."""
-    geom = sample_geometry(rng, image.shape[:2], cfg)
+    cell 1×C×C and boundary 1×C×C float32, all of the same pixels (`base`: the image's base scale)."""
+    geom = sample_geometry(rng, image.shape[:2], cfg, base)
     img = view(image, geom, cfg.crop) / 255.0
     cls = view(targets[..., :1], geom, cfg.crop, nearest=True)[0].round().long()
     maps = view(targets[..., 1:], geom, cfg.crop).clamp(0.0, 1.0)
@@ -164,10 +176,10 @@ def labelled_view(
 
 
 def unlabelled_views(
-    image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+    image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, base: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 H×W×3 -> (weak, strong) 3×C×C views of the same pixels; strong = weak + jitter."""
-    geom = sample_geometry(rng, image.shape[:2], cfg)
+    geom = sample_geometry(rng, image.shape[:2], cfg, base)
     weak = view(image, geom, cfg.crop) / 255.0
     return weak, strong(weak, rng, cfg)
 
@@ -205,6 +217,7 @@ def apply_cutmix(batch: torch.Tensor, boxes: list[Box | None]) -> torch.Tensor:
 __all__ = [
     "Geometry",
     "apply_cutmix",
+    "base_scale",
     "cutmix_boxes",
     "extract_region",
     "jitter",

@@ -17,6 +17,9 @@ from app.config import InferenceConfig
 from training.model import ModelConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+# Bounds of the per-image base scale of `augment.diameter` (an image whose objects are 8 px across is not
+# enlarged beyond 4x, one with 200 px cells not shrunk below 0.25x).
+DIAMETER_SCALE_RANGE = (0.25, 4.0)
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,13 @@ class AugmentConfig:
     """Random views of labelled (strong) and unlabelled (weak and strong) crops."""
 
     crop: int = 512
+    # Scale drawn log-uniformly from [scale_min, scale_max]. With `diameter` > 0 it multiplies a per-image base
+    # scale that brings the image's median labelled object diameter to `diameter` px (clipped to
+    # DIAMETER_SCALE_RANGE), the size at which the app's adaptive mode shows objects to the model; 0 jitters
+    # around each image's native size (MT2).
     scale_min: float = 0.5
     scale_max: float = 2.0
+    diameter: float = 0.0
     flips: bool = True
     rot90: bool = True
     # Colour jitter: brightness and contrast factors drawn from [1 - x, 1 + x]; no hue or saturation.
@@ -219,6 +227,8 @@ def check(cfg: "TrainConfig") -> list[str]:
         problems.append("augment.crop must be positive")
     if not 0 < cfg.augment.scale_min <= cfg.augment.scale_max:
         problems.append("augment needs 0 < scale_min <= scale_max")
+    if cfg.augment.diameter < 0:
+        problems.append("augment.diameter must be >= 0 (0: native sizes)")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         problems.append("data.val_fraction must be in [0, 1)")
     if not 0.0 < cfg.data.labelled_fraction <= 1.0:

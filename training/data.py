@@ -5,8 +5,8 @@ A run may read several such folders (real sets beside the synthetic generator's 
 weight, plus folders of unlabelled images; every sample remembers which folder it came from.
 Every image goes through the app's own reader and normaliser, so training sees exactly what inference sees.
 Each usable file is converted once into .npy arrays in a cache folder (normalised uint8 RGB image, float16
-targets (cls, cell, boundary), int32 labels) keyed by the source files' name, size and mtime and by the
-settings that shape them; crops are read from memory-mapped arrays, so large images cost no RAM.
+targets (cls, cell, boundary), int32 labels, the median object diameter) keyed by the source files' name, size
+and mtime and by the settings that shape them; crops are read from memory-mapped arrays, so large images cost no RAM.
 
 Bad inputs (an image without a label, a label of another size, an empty label, an unreadable file) are
 found here, before training starts, as one line ``"<file name>: <reason>"`` each; they are skipped.
@@ -27,11 +27,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from app.config import InferenceConfig
+from app.diameter import label_diameter
 from app.errors import InputError
 from app.normalize import read_normalized
 from app.reader import input_files, labelled_pairs
 from app.writer import image_stem, output_name, write_atomic
-from training.augment import labelled_view, unlabelled_views
+from training.augment import base_scale, labelled_view, unlabelled_views
 from training.config import AugmentConfig, DataConfig, TargetConfig
 from training.targets import make_targets
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = "1"
 IMAGES, LABELS, UNLABELLED = "images", "labels", "unlabeled"
+DIAMETERS = "diameters"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Prepared:
     targets: Path | None = None  # float16 H×W×3 .npy: cls, cell, boundary
     labels: Path | None = None  # int32 H×W .npy
     source: int = 0
+    diameter: float | None = None  # median labelled object diameter in px (None: unlabelled, or no whole object)
 
 
 @dataclass
@@ -182,6 +185,17 @@ def load_labels(path: Path) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
+def cached_diameter(sample: Sample, path: Path, labels: np.ndarray | None) -> float | None:
+    """The sample's label diameter from its cache file, computed (from `labels` or the label file) and
+    saved when missing; NaN on disk stands for None."""
+    if not path.is_file():
+        labels = load_labels(sample.label) if labels is None and sample.label else labels
+        value = label_diameter(labels) if labels is not None else None
+        save_array(path, np.array(np.nan if value is None else value, dtype=np.float64))
+    value = float(np.load(path))
+    return None if np.isnan(value) else value
+
+
 def prepare_sample(
     sample: Sample, cache: Path, data: DataConfig, targets: TargetConfig, norm: InferenceConfig, want_labels: bool
 ) -> Prepared:
@@ -192,10 +206,13 @@ def prepare_sample(
     image_npy = cache / IMAGES / f"{sample.name}-{key}.npy"
     targets_npy = cache / "targets" / f"{sample.name}-{key}.npy" if sample.label else None
     labels_npy = cache / LABELS / f"{sample.name}-{key}.npy" if sample.label and want_labels else None
+    diameter_npy = cache / DIAMETERS / f"{sample.name}-{key}.npy"
     wanted = [p for p in (image_npy, targets_npy, labels_npy) if p is not None]
     if all(p.is_file() for p in wanted):
-        return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source)
+        diameter = cached_diameter(sample, diameter_npy, None) if sample.label else None
+        return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source, diameter)
     rgb = read_normalized(sample.image, data.max_pixels, norm)
+    labels = None
     if sample.label is not None:
         labels = load_labels(sample.label)
         if labels.shape != rgb.shape[:2]:
@@ -212,7 +229,8 @@ def prepare_sample(
         if labels_npy is not None:
             save_array(labels_npy, labels)
     save_array(image_npy, rgb)
-    return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source)
+    diameter = cached_diameter(sample, diameter_npy, labels) if sample.label else None
+    return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source, diameter)
 
 
 def prepare_all(
@@ -266,7 +284,9 @@ class LabelledCrops(_Crops):
         sample = self.samples[index]
         assert sample.targets is not None  # labelled samples are prepared with targets
         rng = item_rng(self.seed, 0, epoch, position)
-        image, cls, cell, boundary = labelled_view(open_array(sample.image), open_array(sample.targets), rng, self.cfg)
+        image, cls, cell, boundary = labelled_view(
+            open_array(sample.image), open_array(sample.targets), rng, self.cfg, base_scale(sample.diameter, self.cfg)
+        )
         return {"image": image, "cls": cls, "cell": cell, "boundary": boundary}
 
 
@@ -276,7 +296,8 @@ class UnlabelledCrops(_Crops):
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
         index, epoch, position = key
         rng = item_rng(self.seed, 1, epoch, position)
-        weak, strong = unlabelled_views(open_array(self.samples[index].image), rng, self.cfg)
+        sample = self.samples[index]
+        weak, strong = unlabelled_views(open_array(sample.image), rng, self.cfg, base_scale(sample.diameter, self.cfg))
         return {"weak": weak, "strong": strong}
 
 

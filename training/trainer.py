@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.config import InferenceConfig
+from app.infer import Plan, predict_maps
 from app.logs import silence
 from app.manifest import sha256_file
-from training.augment import apply_cutmix, cutmix_boxes
+from training.augment import apply_cutmix, base_scale, cutmix_boxes
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import (
@@ -178,9 +179,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------- validation
 
 
+def validation_plan(diameter: float | None, cfg: TrainConfig) -> Plan:
+    """How validation looks at an image whose labelled objects are `diameter` px across: the validation scales,
+    times the base scale of `augment.diameter` (its labelled diameter standing in for the app's estimate), so
+    validation sees objects at the sizes training showed them."""
+    icfg = validation_config(cfg)
+    base = base_scale(diameter, cfg.augment)
+    return Plan(tuple(scale * base for scale in icfg.scales), icfg.stride, flips=icfg.flips)
+
+
 def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: torch.device) -> float:
-    """Mean F1 over validation images through the app's sliding windows, post-processing and metric."""
-    from app.infer import Plan, predict_maps
+    """Mean F1 over validation images through the app's sliding windows, post-processing and metric, each image
+    at its `validation_plan`."""
     from app.metric import image_scores
     from app.postprocess import instance_map
 
@@ -192,7 +202,7 @@ def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: 
         assert sample.labels is not None  # validation samples are prepared with labels
         image = np.asarray(open_array(sample.image))
         gt = np.asarray(open_array(sample.labels))
-        cell, boundary = predict_maps(image, runner, Plan(icfg.scales, icfg.stride, flips=icfg.flips), icfg)
+        cell, boundary = predict_maps(image, runner, validation_plan(sample.diameter, cfg), icfg)
         f1s.append(image_scores(gt, instance_map(cell, boundary, icfg)).f1)
     return float(np.mean(f1s)) if f1s else float("nan")
 
@@ -327,7 +337,8 @@ def prepare_data(cfg: TrainConfig, data_dirs: list[Path], cache: Path, place: Di
                 else ([], [])
             )
             if use_unlabelled and cfg.data.labelled_as_unlabelled:
-                unlabelled = unlabelled + [Prepared(p.name, p.image, source=p.source) for p in labelled]
+                again = [Prepared(p.name, p.image, source=p.source, diameter=p.diameter) for p in labelled]
+                unlabelled = unlabelled + again
             result = Datasets(labelled, unlabelled, validation, split.problems + p1 + p2 + p3)
         barrier(place)
     assert result is not None
