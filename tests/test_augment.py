@@ -10,6 +10,7 @@ from training.augment import (
     Geometry,
     apply_cutmix,
     base_scale,
+    draw_base_scale,
     cutmix_boxes,
     extract_region,
     jitter,
@@ -69,6 +70,17 @@ def test_base_scale_brings_objects_to_the_configured_diameter():
     assert base_scale(None, cfg) == 1.0  # unknown size: native
     assert base_scale(15.0, AugmentConfig(diameter=0.0)) == 1.0  # switched off: MT2's native jitter
     assert sample_geometry(np.random.default_rng(0), (200, 200), cfg, base_scale(15.0, cfg)).size == 32
+
+
+def test_a_share_of_draws_keeps_native_sizes():
+    cfg = AugmentConfig(diameter=30.0, diameter_p=0.25)
+    rng = np.random.default_rng(0)
+    draws = [draw_base_scale(rng, 15.0, cfg) for _ in range(4000)]
+    assert set(draws) == {1.0, 2.0} and np.mean(np.equal(draws, 2.0)) == pytest.approx(0.25, abs=0.03)
+    untouched = np.random.default_rng(1)
+    assert draw_base_scale(untouched, None, cfg) == 1.0 and draw_base_scale(untouched, 15.0, AugmentConfig()) == 1.0
+    assert untouched.random() == np.random.default_rng(1).random()  # no number drawn when there is no base scale
+    assert draw_base_scale(rng, 15.0, AugmentConfig(diameter=30.0)) == 2.0  # diameter_p 1: every draw
 
 
 def test_views_show_objects_at_the_configured_diameter_whatever_their_size():

@@ -43,6 +43,15 @@ def base_scale(diameter: float | None, cfg: AugmentConfig) -> float:
     return float(np.clip(cfg.diameter / diameter, low, high))
 
 
+def draw_base_scale(rng: np.random.Generator, diameter: float | None, cfg: AugmentConfig) -> float:
+    """`base_scale` for a share `cfg.diameter_p` of the draws, else 1 (native size); no random number is used
+    when the base scale is off or unknown, so such runs draw exactly as before."""
+    base = base_scale(diameter, cfg)
+    if base == 1.0 or cfg.diameter_p >= 1.0:
+        return base
+    return base if rng.random() < cfg.diameter_p else 1.0
+
+
 def sample_geometry(
     rng: np.random.Generator, shape: tuple[int, int], cfg: AugmentConfig, base: float = 1.0
 ) -> Geometry:
@@ -218,6 +227,7 @@ __all__ = [
     "Geometry",
     "apply_cutmix",
     "base_scale",
+    "draw_base_scale",
     "cutmix_boxes",
     "extract_region",
     "jitter",

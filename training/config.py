@@ -78,11 +78,13 @@ class AugmentConfig:
     crop: int = 512
     # Scale drawn log-uniformly from [scale_min, scale_max]. With `diameter` > 0 it multiplies a per-image base
     # scale that brings the image's median labelled object diameter to `diameter` px (clipped to
-    # DIAMETER_SCALE_RANGE), the size at which the app's adaptive mode shows objects to the model; 0 jitters
-    # around each image's native size (MT2).
+    # DIAMETER_SCALE_RANGE), the size at which the app's adaptive mode shows objects to the model, for a share
+    # `diameter_p` of the crops (the others keep native sizes, so small objects stay familiar: the diameter
+    # estimate's finer looks see them small); 0 jitters every crop around its image's native size (MT2).
     scale_min: float = 0.5
     scale_max: float = 2.0
     diameter: float = 0.0
+    diameter_p: float = 1.0
     flips: bool = True
     rot90: bool = True
     # Colour jitter: brightness and contrast factors drawn from [1 - x, 1 + x]; no hue or saturation.
@@ -241,7 +243,7 @@ def check(cfg: "TrainConfig") -> list[str]:
         problems.append("data.weights must be non-negative and not all zero")
     if cfg.data.weights and cfg.data.sources and len(cfg.data.weights) != len(cfg.data.sources):
         problems.append(f"data.weights has {len(cfg.data.weights)} value(s) for {len(cfg.data.sources)} data.sources")
-    for name in ("blur_p", "noise_p", "quantize_p", "channel_p"):
+    for name in ("blur_p", "noise_p", "quantize_p", "channel_p", "diameter_p"):
         if not 0.0 <= getattr(cfg.augment, name) <= 1.0:
             problems.append(f"augment.{name} must be in [0, 1]")
     if not 2 <= cfg.augment.quantize_levels <= 256:

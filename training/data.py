@@ -32,7 +32,7 @@ from app.errors import InputError
 from app.normalize import read_normalized
 from app.reader import input_files, labelled_pairs
 from app.writer import image_stem, output_name, write_atomic
-from training.augment import base_scale, labelled_view, unlabelled_views
+from training.augment import draw_base_scale, labelled_view, unlabelled_views
 from training.config import AugmentConfig, DataConfig, TargetConfig
 from training.targets import make_targets
 
@@ -285,7 +285,8 @@ class LabelledCrops(_Crops):
         assert sample.targets is not None  # labelled samples are prepared with targets
         rng = item_rng(self.seed, 0, epoch, position)
         image, cls, cell, boundary = labelled_view(
-            open_array(sample.image), open_array(sample.targets), rng, self.cfg, base_scale(sample.diameter, self.cfg)
+            open_array(sample.image), open_array(sample.targets), rng, self.cfg,
+            draw_base_scale(rng, sample.diameter, self.cfg),
         )
         return {"image": image, "cls": cls, "cell": cell, "boundary": boundary}
 
@@ -297,7 +298,8 @@ class UnlabelledCrops(_Crops):
         index, epoch, position = key
         rng = item_rng(self.seed, 1, epoch, position)
         sample = self.samples[index]
-        weak, strong = unlabelled_views(open_array(sample.image), rng, self.cfg, base_scale(sample.diameter, self.cfg))
+        base = draw_base_scale(rng, sample.diameter, self.cfg)
+        weak, strong = unlabelled_views(open_array(sample.image), rng, self.cfg, base)
         return {"weak": weak, "strong": strong}
 
 
