@@ -62,7 +62,7 @@ class Prepared:
     targets: Path | None = None  # float16 H×W×3 .npy: cls, cell, boundary
     labels: Path | None = None  # int32 H×W .npy
     source: int = 0
-    diameter: float | None = None  # median labelled object diameter in px (None: unlabelled, or no whole object)
+    diameter: float | None = None  # median labelled object diameter in px (`label_diameter`; None: unlabelled)
 
 
 @dataclass
