@@ -5,7 +5,8 @@
 
 For each labelled image (resized by each ``--resizes`` factor: images with antialiasing, labels by nearest
 neighbour) the app's estimate (`app.diameter.size_estimate`, manifest settings plus ``--set`` overrides) is compared
-with the median equivalent diameter of the labelled objects that do not touch the border. The table gives, per
+with the labelled size (`app.diameter.label_diameter`: the median equivalent diameter of the labelled objects that do
+not touch the border, of all of them when every one does). The table gives, per
 folder and factor, the median of estimate / labelled, the share of images within 25% of the labelled size, the share
 whose estimate follows the resize (within 25% of the factor times the image's own estimate at native size: what
 keeps adaptive scales steady when cells change size), the images that fell back to fixed scales and the looks and

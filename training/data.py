@@ -185,12 +185,11 @@ def load_labels(path: Path) -> np.ndarray:
     return labels.astype(np.int32, copy=False)
 
 
-def cached_diameter(sample: Sample, path: Path, labels: np.ndarray | None) -> float | None:
-    """The sample's label diameter from its cache file, computed (from `labels` or the label file) and
-    saved when missing; NaN on disk stands for None."""
+def cached_diameter(label: Path, path: Path, labels: np.ndarray | None) -> float | None:
+    """`label_diameter` of a label file, read from its cache file `path` or computed (from `labels` when the
+    caller has them, else from the file) and saved there; NaN on disk stands for None."""
     if not path.is_file():
-        labels = load_labels(sample.label) if labels is None and sample.label else labels
-        value = label_diameter(labels) if labels is not None else None
+        value = label_diameter(load_labels(label) if labels is None else labels)
         save_array(path, np.array(np.nan if value is None else value, dtype=np.float64))
     value = float(np.load(path))
     return None if np.isnan(value) else value
@@ -206,30 +205,29 @@ def prepare_sample(
     image_npy = cache / IMAGES / f"{sample.name}-{key}.npy"
     targets_npy = cache / "targets" / f"{sample.name}-{key}.npy" if sample.label else None
     labels_npy = cache / LABELS / f"{sample.name}-{key}.npy" if sample.label and want_labels else None
-    diameter_npy = cache / DIAMETERS / f"{sample.name}-{key}.npy"
     wanted = [p for p in (image_npy, targets_npy, labels_npy) if p is not None]
-    if all(p.is_file() for p in wanted):
-        diameter = cached_diameter(sample, diameter_npy, None) if sample.label else None
-        return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source, diameter)
-    rgb = read_normalized(sample.image, data.max_pixels, norm)
     labels = None
+    if not all(p.is_file() for p in wanted):
+        rgb = read_normalized(sample.image, data.max_pixels, norm)
+        if sample.label is not None:
+            labels = load_labels(sample.label)
+            if labels.shape != rgb.shape[:2]:
+                raise InputError(
+                    sample.label,
+                    f"label is {labels.shape[0]}×{labels.shape[1]} but its image is {rgb.shape[0]}×{rgb.shape[1]}",
+                )
+            if not labels.any():
+                raise InputError(sample.label, "label map has no cells")
+            cls, cell, boundary = make_targets(labels, targets)
+            stacked = [cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)]
+            assert targets_npy is not None  # set whenever the sample has a label
+            save_array(targets_npy, np.stack(stacked, -1))
+            if labels_npy is not None:
+                save_array(labels_npy, labels)
+        save_array(image_npy, rgb)
+    diameter = None
     if sample.label is not None:
-        labels = load_labels(sample.label)
-        if labels.shape != rgb.shape[:2]:
-            raise InputError(
-                sample.label,
-                f"label is {labels.shape[0]}×{labels.shape[1]} but its image is {rgb.shape[0]}×{rgb.shape[1]}",
-            )
-        if not labels.any():
-            raise InputError(sample.label, "label map has no cells")
-        cls, cell, boundary = make_targets(labels, targets)
-        stacked = [cls.astype(np.float16), cell.astype(np.float16), boundary.astype(np.float16)]
-        assert targets_npy is not None  # set whenever the sample has a label
-        save_array(targets_npy, np.stack(stacked, -1))
-        if labels_npy is not None:
-            save_array(labels_npy, labels)
-    save_array(image_npy, rgb)
-    diameter = cached_diameter(sample, diameter_npy, labels) if sample.label else None
+        diameter = cached_diameter(sample.label, cache / DIAMETERS / f"{sample.name}-{key}.npy", labels)
     return Prepared(sample.name, image_npy, targets_npy, labels_npy, sample.source, diameter)
 
 
