@@ -85,6 +85,13 @@ class InferenceConfig:
     cell_threshold: float = _opt(0.3, "T_cell: foreground where cell - boundary exceeds it")
     seed_threshold: float = _opt(0.8, "T_seed: seeds where cell - boundary exceeds it")
     min_seed_area: int = _opt(64, "S_min: smaller seeds are dropped (pixels)")
+    seed_split_height: float = _opt(0.0, "a seed holding several maxima of the smoothed cell - boundary map that "
+                                    "rise this much above the saddles between them is split, one seed per "
+                                    "maximum (touching cells with a faint boundary); 0: MT2's seeds")
+    seed_split_sigma: float = _opt(2.0, "Gaussian sigma (px as the model sees the image) of the smoothing "
+                                   "before the seed split's maxima are found")
+    min_area_ratio: float = _opt(0.0, "cells smaller than this share of the image's median cell area are dropped "
+                                 "(debris, slivers cut off a cell); 0: none (MT2)")
     max_pixels: int = _opt(150_000_000, "inputs with more pixels are refused")
     tile_threshold_pixels: int = _opt(16_000_000, "larger images take the tiled whole-slide path")
     tile_size: int = _opt(4096, "core side of a whole-slide tile in pixels")
@@ -111,6 +118,8 @@ class InferenceConfig:
             raise ValueError("estimate_scales needs positive scales")
         if self.estimate_agreement < 1:
             raise ValueError("estimate_agreement must be >= 1")
+        if self.seed_split_height < 0 or self.seed_split_sigma < 0 or not 0 <= self.min_area_ratio < 1:
+            raise ValueError("seed_split_height and seed_split_sigma must be >= 0, min_area_ratio in [0, 1)")
         if self.overlay_max_side < 0:
             raise ValueError("overlay_max_side must be >= 0")
 
@@ -126,7 +135,9 @@ class InferenceConfig:
 # The fields a weights manifest may set for its model (found by `python -m app tune`): how the network's
 # outputs are combined (flipped views, scales) and turned into instances (thresholds). Options given on the
 # command line still win.
-POSTPROCESS_FIELDS: tuple[str, ...] = ("flips", "fusion", "cell_threshold", "seed_threshold", "min_seed_area")
+POSTPROCESS_FIELDS: tuple[str, ...] = (
+    "flips", "fusion", "cell_threshold", "seed_threshold", "min_seed_area", "seed_split_height", "min_area_ratio"
+)
 # What a manifest may set besides: the object size at which this model segments best (adaptive scales), chosen
 # by measurement for each model and recorded by `python -m app tune --write` with the settings it was tuned at.
 MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter")
@@ -142,6 +153,8 @@ class TuneGrid:
     cell_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4)
     seed_thresholds: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
     min_seed_areas: tuple[int, ...] = (4, 8, 16, 32, 64)
+    seed_split_heights: tuple[float, ...] = (0.0, 0.15)
+    min_area_ratios: tuple[float, ...] = (0.0, 0.2)
 
 
 @dataclass(frozen=True)

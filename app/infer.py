@@ -42,6 +42,12 @@ class Plan:
     reason: str = ""
     flips: int = 1
 
+    @property
+    def view_scale(self) -> float:
+        """Model pixels per pixel of the fused maps: the geometric mean of the scales (post-processing sizes
+        that belong to the model's view are divided by it)."""
+        return float(np.exp(np.mean(np.log(self.scales)))) if self.scales else 1.0
+
 
 class Runner(Protocol):
     """What inference and the planner need from a model (`app.runner.ModelRunner`, the trainer's

@@ -341,7 +341,8 @@ def run_folder(
     log.info(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
         f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
-        f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area}; "
+        f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area} "
+        f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}; "
         f"{len(images)} image(s)"
     )
 

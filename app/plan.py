@@ -33,18 +33,23 @@ class Costs:
 
     `map_seconds_per_mp` is resizing one scale in and out plus accumulating and fusing its windows, per
     megapixel of the original image; `post_seconds_per_mp` is the watershed; `io_seconds_per_mp` is reading,
-    normalising and writing.
+    normalising and writing; `split_seconds_per_mp` is the seed split, added to the watershed when it is on.
     """
 
     window_seconds: float
     map_seconds_per_mp: float
     post_seconds_per_mp: float
     io_seconds_per_mp: float
+    split_seconds_per_mp: float = 0.0
 
 
 # Host-side throughputs measured with `python -m benchmarks.speed` on the 2-core reference machine
 # (docs/SPEED.md); the model's throughput is always measured on the device at run time instead.
-HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.15, post_seconds_per_mp=0.10, io_seconds_per_mp=0.20)
+# The seed split's worst case (every seed holds two cells and is reconstructed): `paired_split_seconds_per_mp` of
+# `python -m benchmarks.speed` (0.61-0.71 s measured, a rounded upper end kept); real maps need about a fifth.
+SPLIT_SECONDS_PER_MP = 0.75
+HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.15, post_seconds_per_mp=0.10, io_seconds_per_mp=0.20,
+                   split_seconds_per_mp=SPLIT_SECONDS_PER_MP)
 
 
 @dataclass(frozen=True)
@@ -267,10 +272,11 @@ class Planner:
         if self._costs is None:
             per_window, spent = measure_window_seconds(self.runner, self.cfg)
             self.measure_seconds = spent
+            split = self.host_costs.split_seconds_per_mp if self.cfg.seed_split_height > 0 else 0.0
             self._costs = Costs(
                 per_window,
                 self.host_costs.map_seconds_per_mp,
-                self.host_costs.post_seconds_per_mp,
+                self.host_costs.post_seconds_per_mp + split,
                 self.host_costs.io_seconds_per_mp,
             )
             log.debug("model throughput: %.3f s per %d-pixel window (measured in %.2f s)", per_window,

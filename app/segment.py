@@ -88,14 +88,16 @@ def segment_whole(
     """predict_maps at the plan's scales, stride and flipped views, then MT2's watershed; int32 labels."""
     cell, boundary = predict_maps(image_u8, runner, plan, cfg, timings)
     with timed(timings, "postprocess"):
-        return instance_map(cell, boundary, cfg)
+        return instance_map(cell, boundary, cfg, plan.view_scale)
 
 
-def _post_tile(cell: np.ndarray, boundary: np.ndarray, tile: Tile, cfg: InferenceConfig, hw: tuple[int, int]):
+def _post_tile(
+    cell: np.ndarray, boundary: np.ndarray, tile: Tile, cfg: InferenceConfig, hw: tuple[int, int], view_scale: float
+):
     """Worker: watershed of one haloed tile, its owned ids and how many of them the halo cut; returns
     (labels, owned, cut, seconds)."""
     t0 = time.perf_counter()
-    labels = instance_map(cell, boundary, cfg)
+    labels = instance_map(cell, boundary, cfg, view_scale)
     boxes = ndimage.find_objects(labels)
     owned = owned_labels(labels, tile, boxes)
     cut = cut_by_halo(boxes, owned, tile, *hw)
@@ -138,9 +140,9 @@ def segment_tiled(
             crop = image_u8[y0:y1, x0:x1]
             cell, boundary = predict_maps(crop, runner, plan, cfg, timings)
             if pool is None:
-                paste(tile, _post_tile(cell, boundary, tile, cfg, (h, w)))
+                paste(tile, _post_tile(cell, boundary, tile, cfg, (h, w), plan.view_scale))
                 continue
-            pending.append((tile, pool.submit(_post_tile, cell, boundary, tile, cfg, (h, w))))
+            pending.append((tile, pool.submit(_post_tile, cell, boundary, tile, cfg, (h, w), plan.view_scale)))
             del cell, boundary
             while len(pending) > workers:
                 done_tile, future = pending.popleft()

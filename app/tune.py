@@ -12,7 +12,7 @@ maps are held. The best combination can be stored in the weights' manifest, wher
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -21,10 +21,10 @@ import numpy as np
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.diameter import choose_scales, size_estimate
 from app.errors import InputError
-from app.infer import Runner, fuse, scale_views
+from app.infer import Plan, Runner, fuse, scale_views
 from app.metric import image_scores, read_labels
 from app.normalize import is_fluorescence, read_normalized
-from app.postprocess import instance_map
+from app.postprocess import drop_small_cells, instance_map
 
 # (cell, boundary) map pairs: one tuple per scale, one pair per flipped view.
 ScaleViews = tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
@@ -37,6 +37,7 @@ class Views:
     name: str
     truth: np.ndarray
     per_scale: ScaleViews
+    view_scale: float = 1.0  # the plan's model pixels per image pixel (`Plan.view_scale`)
 
     def fused(self, flips: int, fusion: str) -> tuple[np.ndarray, np.ndarray]:
         """The maps `predict` computes with `flips` views and `fusion` (the same operations, in the same order)."""
@@ -59,12 +60,13 @@ class Trial:
     f1: float
 
 
-def image_views(image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int) -> ScaleViews:
+def image_views(image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int) -> tuple[ScaleViews, float]:
     """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
-    says), per scale and per flipped view."""
+    says), per scale and per flipped view, and the plan's `view_scale`."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
     scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
-    return tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
+    per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
+    return per_scale, Plan(scales, cfg.stride).view_scale
 
 
 def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
@@ -73,9 +75,11 @@ def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
     Fewer flips come first, so that of equally good settings the cheapest is ranked first.
     """
     combos = itertools.product(
-        sorted(grid.flips), grid.fusions, grid.cell_thresholds, grid.seed_thresholds, grid.min_seed_areas
+        sorted(grid.flips), grid.fusions, grid.cell_thresholds, grid.seed_thresholds, grid.min_seed_areas,
+        grid.seed_split_heights, grid.min_area_ratios,
     )
-    return [dict(zip(POSTPROCESS_FIELDS, combo)) for combo in combos if combo[3] >= combo[2]]
+    settings: list[dict[str, Any]] = [dict(zip(POSTPROCESS_FIELDS, combo)) for combo in combos]
+    return [s for s in settings if s["seed_threshold"] >= s["cell_threshold"]]
 
 
 def current_settings(cfg: InferenceConfig) -> dict[str, Any]:
@@ -91,15 +95,22 @@ def candidate_settings(cfg: InferenceConfig, grid: TuneGrid = TuneGrid()) -> lis
 
 
 def score_views(views: Views, candidates: list[dict[str, Any]], cfg: InferenceConfig) -> np.ndarray:
-    """Challenge F1 of one image under every candidate; each (flips, fusion) pair is fused only once."""
+    """Challenge F1 of one image under every candidate; each (flips, fusion) pair is fused only once, and the
+    watershed is reused by consecutive candidates that differ only in the small-cell filter (the grid's last
+    axis)."""
     scores = np.zeros(len(candidates))
     fused: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+    last: tuple[Any, np.ndarray] | None = None
     for i, settings in enumerate(candidates):
         key = (int(settings["flips"]), str(settings["fusion"]))
         if key not in fused:
             fused[key] = views.fused(*key)
         cell, boundary = fused[key]
-        scores[i] = image_scores(views.truth, instance_map(cell, boundary, cfg.with_overrides(**settings))).f1
+        chosen = cfg.with_overrides(**settings)
+        watershed_key = replace(chosen, min_area_ratio=0.0)
+        if last is None or last[0] != watershed_key:
+            last = (watershed_key, instance_map(cell, boundary, watershed_key, views.view_scale))
+        scores[i] = image_scores(views.truth, drop_small_cells(last[1], chosen.min_area_ratio)).f1
     return scores
 
 
@@ -116,7 +127,7 @@ def collect_scores(
     for image_path, label_path in pairs:
         try:
             truth = read_labels(label_path)
-            per_scale = image_views(image_path, runner, cfg, flips)
+            per_scale, view_scale = image_views(image_path, runner, cfg, flips)
         except (InputError, OSError, ValueError) as exc:
             on_error(f"{image_path.name}: {exc}")
             continue
@@ -124,7 +135,8 @@ def collect_scores(
         if truth.shape != shape:
             on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {shape}")
             continue
-        scored.append(Scored(image_path.stem, score_views(Views(image_path.stem, truth, per_scale), candidates, cfg)))
+        views = Views(image_path.stem, truth, per_scale, view_scale)
+        scored.append(Scored(image_path.stem, score_views(views, candidates, cfg)))
     return scored
 
 
@@ -140,12 +152,14 @@ def rank(candidates: list[dict[str, Any]], scored: list[Scored]) -> list[Trial]:
 def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) -> list[str]:
     """The lines `app tune` prints: the `top` settings by mean F1, and `reference` (MT2's defaults) marked,
     wherever it ranks."""
-    lines = [f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'mean F1':>8}"]
+    lines = [f"{'flips':>5} {'fusion':>6} {'T_cell':>7} {'T_seed':>7} {'S_min':>6} {'split':>5} {'S_rel':>5} "
+             f"{'mean F1':>8}"]
     for trial in trials[:top] + [t for t in trials[top:] if t.settings == reference]:
         s = trial.settings
         mark = "  (MT2's defaults)" if s == reference else ""
         lines.append(f"{s['flips']:>5} {s['fusion']:>6} {s['cell_threshold']:>7g} {s['seed_threshold']:>7g} "
-                     f"{s['min_seed_area']:>6} {trial.f1:>8.4f}{mark}")
+                     f"{s['min_seed_area']:>6} {s['seed_split_height']:>5g} {s['min_area_ratio']:>5g} "
+                     f"{trial.f1:>8.4f}{mark}")
     return lines
 
 

@@ -245,6 +245,38 @@ def dense_post_seconds_per_mp(side: int = 3000, spacing: int = 30, seed: int = 0
     return seconds / (side * side / 1e6)
 
 
+def paired_split_seconds_per_mp(side: int = 3000, spacing: int = 40, seed: int = 0) -> tuple[float, float]:
+    """(watershed, watershed with the seed split) seconds per megapixel on a map where every seed holds two
+    touching cells (domes of radius 7..13 overlapping by a tenth of their diameter, every 40 px): the split's
+    worst case, since every seed is then reconstructed."""
+    from app.config import InferenceConfig
+    from app.postprocess import instance_map
+
+    rng = np.random.default_rng(seed)
+    cell = np.zeros((side, side), np.float32)
+    yy, xx = np.mgrid[-14:15, -28:29]
+    for cy in range(spacing, side - 15, spacing):
+        for cx in range(spacing, side - 29, spacing):
+            r = int(rng.integers(7, 14))
+            offset = 0.9 * r
+            domes = [1 - 0.4 * ((yy**2 + (xx - dx) ** 2) / r**2) for dx in (-offset, offset)]
+            inside = [(yy**2 + (xx - dx) ** 2) <= r * r for dx in (-offset, offset)]
+            pair = np.maximum(*(np.where(m, d, 0) for m, d in zip(inside, domes)))
+            patch = cell[cy - 14 : cy + 15, cx - 28 : cx + 29]
+            np.maximum(patch, pair.astype(np.float32), out=patch)
+    boundary = np.zeros_like(cell)
+    off = InferenceConfig(cell_threshold=0.1, seed_threshold=0.5, min_seed_area=8)
+    seconds, counts = [], []
+    for cfg in (off, off.with_overrides(seed_split_height=0.15)):
+        t0 = time.perf_counter()
+        counts.append(int(instance_map(cell, boundary, cfg).max()))
+        seconds.append(time.perf_counter() - t0)
+    if counts[1] < 1.9 * counts[0]:
+        raise RuntimeError(f"the split gave {counts[1]} cells from {counts[0]} pairs; the benchmark's map is wrong")
+    mp = side * side / 1e6
+    return seconds[0] / mp, seconds[1] / mp
+
+
 # --- report --------------------------------------------------------------------------------------------------------
 
 
@@ -286,10 +318,15 @@ def projected_share(r: dict, dense_post: float) -> float:
     return non_model / (r["seconds"] - t.get("postprocess", 0.0) + post)
 
 
-def verdicts(results: list[dict], comparison: dict | None, dense_post: float | None) -> list[str]:
+def verdicts(
+    results: list[dict], comparison: dict | None, dense_post: float | None, split: tuple[float, float] | None = None
+) -> list[str]:
     out = []
     if dense_post is not None:
         out.append(f"watershed on a dense cell map: {dense_post:.3f} s per MP")
+    if split is not None:
+        out.append(f"seed split where every seed holds two cells (its worst case): {split[1] - split[0]:+.3f} s per MP "
+                   f"(watershed {split[0]:.3f}, with the split {split[1]:.3f})")
     for r in results:
         mp = r["height"] * r["width"] / 1e6
         fits = "within" if r["end_to_end"] <= r["tolerance"] else "OVER"
@@ -351,14 +388,16 @@ def main(argv: list[str] | None = None) -> int:
             r = results[-1]
             print(f"  {mp:g} MP done: {r['seconds']:.1f} s, plan {r['plan']}", flush=True)
     dense_post = dense_post_seconds_per_mp()
+    split = paired_split_seconds_per_mp()
     comparison = None if args.no_compare else compare_engines(cfg.batch_size, cfg.window, args.repeats, args.threads)
     print()
     print(table(results))
     print()
-    for line in verdicts(results, comparison, dense_post):
+    for line in verdicts(results, comparison, dense_post, split):
         print(line)
     if args.json_out is not None:
-        everything = {"sizes": results, "comparison": comparison, "dense_post_s_per_mp": dense_post}
+        everything = {"sizes": results, "comparison": comparison, "dense_post_s_per_mp": dense_post,
+                      "paired_split_s_per_mp": split}
         args.json_out.write_text(json.dumps(everything, indent=1))
     return 0
 

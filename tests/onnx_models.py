@@ -94,6 +94,17 @@ def disc_image(
     return image
 
 
+def domed_pair(shape=(80, 120), centres=((40, 40), (40, 78)), radius=20, drop=0.4) -> np.ndarray:
+    """Cell map of two overlapping domes (1 at each centre, 1 - `drop` at the rim): one connected seed at
+    T_seed 0.5 whose two maxima the saddle between them separates by about 0.35."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cell = np.zeros(shape, np.float32)
+    for cy, cx in centres:
+        d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / radius**2
+        cell = np.maximum(cell, np.where(d2 <= 1, 1 - drop * d2, 0).astype(np.float32))
+    return cell
+
+
 def labelled_disc_folder(
     folder: Path, count: int, shape: tuple[int, int], centres: list[tuple[int, int]], radius: int
 ) -> Path:

@@ -149,3 +149,13 @@ def test_planner_auto_budget_is_tolerance_minus_startup_and_measurement(runner: 
     late = Planner(runner, cfg, startup_seconds=60.0)
     late._costs, late.measure_seconds = COSTS, 0.0
     assert late.plan(2000, 2000, False).reason.startswith("over budget")
+
+
+def test_planner_counts_the_seed_split_in_post_processing(runner: ModelRunner) -> None:
+    host = Costs(window_seconds=0.0, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1,
+                 split_seconds_per_mp=0.5)
+    cfg = CFG.with_overrides(budget="auto", batch_size=2, window=64)
+    off = Planner(runner, cfg, host_costs=host).costs
+    on = Planner(runner, cfg.with_overrides(seed_split_height=0.15), host_costs=host).costs
+    assert off.post_seconds_per_mp == pytest.approx(0.2)
+    assert on.post_seconds_per_mp == pytest.approx(0.7)

@@ -16,7 +16,9 @@ from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import ModelError
 from app.infer import Plan, predict_maps
 from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
+from app.metric import image_scores
 from app.normalize import read_normalized
+from app.postprocess import instance_map
 from app.reader import labelled_pairs
 from app.runner import ModelRunner
 from app.tune import (
@@ -29,7 +31,7 @@ from app.tune import (
     rank,
     score_views,
 )
-from tests.onnx_models import contract_model, disc_image
+from tests.onnx_models import contract_model, disc_image, domed_pair
 
 SHAPE = (96, 128)
 # Discs of radius 4 (49 px): every seed is smaller than MT2's S_min of 64, so the defaults find no cell.
@@ -65,7 +67,7 @@ def weights(tmp_path: Path) -> Path:
 
 def test_grid_skips_seed_below_cell_threshold() -> None:
     grid = TuneGrid(flips=(2, 1), fusions=("max",), cell_thresholds=(0.2, 0.6), seed_thresholds=(0.5, 0.8),
-                    min_seed_areas=(4, 64))
+                    min_seed_areas=(4, 64), seed_split_heights=(0.0,), min_area_ratios=(0.0,))
     settings = grid_settings(grid)
     assert len(settings) == 12  # (0.6, 0.5, *) is skipped, for each flip count
     assert all(s["seed_threshold"] >= s["cell_threshold"] for s in settings)
@@ -74,10 +76,11 @@ def test_grid_skips_seed_below_cell_threshold() -> None:
 
 
 def test_candidates_hold_the_config_reference_once() -> None:
-    grid = TuneGrid(flips=(1,), fusions=("mean",), cell_thresholds=(0.3,), seed_thresholds=(0.8,), min_seed_areas=(64,))
+    grid = TuneGrid(flips=(1,), fusions=("mean",), cell_thresholds=(0.3,), seed_thresholds=(0.8,), min_seed_areas=(64,),
+                    seed_split_heights=(0.0,), min_area_ratios=(0.0,))
     candidates = candidate_settings(InferenceConfig(), grid)
     assert candidates[-1] == {"flips": 1, "fusion": "max", "cell_threshold": 0.3, "seed_threshold": 0.8,
-                              "min_seed_area": 64}
+                              "min_seed_area": 64, "seed_split_height": 0.0, "min_area_ratio": 0.0}
     assert len(candidates) == 2
     assert len(candidate_settings(InferenceConfig(fusion="mean"), grid)) == 1
 
@@ -92,7 +95,7 @@ def test_scoring_finds_a_small_seed_area_for_small_cells() -> None:
     truth = disc_labels(SHAPE, CENTRES, RADIUS)
     cell = (truth > 0).astype(np.float32)
     grid = TuneGrid(flips=(1,), fusions=("max",), cell_thresholds=(0.3,), seed_thresholds=(0.8,),
-                    min_seed_areas=(16, 128))
+                    min_seed_areas=(16, 128), seed_split_heights=(0.0,), min_area_ratios=(0.0,))
     candidates = candidate_settings(InferenceConfig(), grid)
     trials = rank(candidates, [Scored("a", score_views(_views(truth, cell), candidates, InferenceConfig()))])
     assert [t.settings["min_seed_area"] for t in trials] == [16, 128, 64]  # the config's own values come last
@@ -113,6 +116,38 @@ def test_scoring_fuses_views_and_scales_as_predict_does() -> None:
     assert score_views(views, settings, InferenceConfig()).tolist() == [1.0, 0.0, 1.0]
 
 
+def test_scoring_finds_the_seed_split_for_touching_cells() -> None:
+    """Two touching cells whose maps share one seed: only the split separates them, so the tuner prefers it."""
+    cell = domed_pair()
+    truth = np.where(cell > 0, 1 + (np.arange(cell.shape[1]) >= 59), 0).astype(np.int32)
+    grid = TuneGrid(flips=(1,), fusions=("max",), cell_thresholds=(0.1,), seed_thresholds=(0.5,), min_seed_areas=(8,),
+                    seed_split_heights=(0.0, 0.15), min_area_ratios=(0.0,))
+    candidates = grid_settings(grid)
+    empty = np.zeros_like(cell)
+    views = Views("a", truth, (((cell, empty),),))
+    trials = rank(candidates, [Scored("a", score_views(views, candidates, InferenceConfig()))])
+    assert [(t.settings["seed_split_height"], t.f1) for t in trials] == [(0.15, 1.0), (0.0, pytest.approx(2 / 3))]
+
+
+def test_reused_watersheds_score_like_direct_post_processing() -> None:
+    """Candidates that differ only in the small-cell filter share one watershed; the scores are those of
+    `instance_map` run for each candidate."""
+    truth = disc_labels(SHAPE, CENTRES, RADIUS)
+    cell = (truth > 0).astype(np.float32)
+    cell[disc_labels(SHAPE, [(SHAPE[0] - 8, SHAPE[1] - 8)], 1) > 0] = 1.0  # a 5-px speck the filter can drop
+    views = Views("a", truth, (((cell, np.zeros_like(cell)),),), view_scale=1.0)
+    grid = TuneGrid(flips=(1,), fusions=("max", "mean"), cell_thresholds=(0.3,), seed_thresholds=(0.5, 0.8),
+                    min_seed_areas=(4, 64), seed_split_heights=(0.0, 0.15), min_area_ratios=(0.0, 0.2))
+    candidates = grid_settings(grid)
+    cfg = InferenceConfig()
+    expected = [image_scores(truth, instance_map(cell, np.zeros_like(cell), cfg.with_overrides(**c))).f1
+                for c in candidates]
+    assert score_views(views, candidates, cfg).tolist() == expected
+    one = {"fusion": "max", "seed_threshold": 0.5, "min_seed_area": 4, "seed_split_height": 0.0}
+    by_ratio = {c["min_area_ratio"]: f1 for c, f1 in zip(candidates, expected) if one.items() <= c.items()}
+    assert by_ratio[0.2] > by_ratio[0.0]  # the filter matters here, so a wrongly reused watershed would show
+
+
 @pytest.mark.parametrize("mode, scales", [("fixed", (1.5,)), ("fixed-grey", (0.8, 1.0, 1.2)), ("adaptive", None)])
 def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, scales) -> None:
     from app.diameter import choose_scales, size_estimate
@@ -123,12 +158,14 @@ def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, sca
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
     cfg = InferenceConfig(flips=4, fusion="mean", scale_mode=mode.split("-")[0], min_seed_area=4,
                           fluorescence_grey_median=0.0 if mode == "fixed-grey" else 50.0)
-    views = Views("a", np.zeros(SHAPE), image_views(path, runner, cfg, flips=4))
+    per_scale, view_scale = image_views(path, runner, cfg, flips=4)
+    views = Views("a", np.zeros(SHAPE), per_scale, view_scale)
     image = read_normalized(path, cfg.max_pixels, cfg)
     if scales is None:  # the discs' own size decides: 2 * RADIUS against the target diameter
         scales = choose_scales(size_estimate(image, runner, cfg), is_fluorescence(image, cfg), cfg)
         assert scales[1] == pytest.approx(cfg.target_diameter / (2 * RADIUS), rel=0.15)
     assert len(views.per_scale) == len(scales) and all(len(v) == 4 for v in views.per_scale)
+    assert view_scale == pytest.approx(Plan(scales, cfg.stride).view_scale)
     for flips, fusion in ((4, "mean"), (2, "max"), (1, "max")):
         expected = predict_maps(image, runner, Plan(scales, cfg.stride, flips=flips), cfg.with_overrides(fusion=fusion))
         np.testing.assert_array_equal(views.fused(flips, fusion)[0], expected[0])
@@ -156,7 +193,8 @@ def test_collect_scores_skips_unreadable_and_mismatched_pairs(tmp_path: Path, we
 def test_manifest_postprocess_round_trip(weights: Path) -> None:
     assert postprocess_settings(weights) == {}
     assert postprocess_settings(weights.parent / "elsewhere" / "model.onnx") == {}
-    tuned = {"flips": 4, "fusion": "mean", "cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8}
+    tuned = {"flips": 4, "fusion": "mean", "cell_threshold": 0.2, "seed_threshold": 0.9, "min_seed_area": 8,
+             "seed_split_height": 0.15, "min_area_ratio": 0.2}
     store_postprocess(weights, tuned, "3 images")
     assert postprocess_settings(weights / "mt2.fp32.onnx") == tuned
     manifest = json.loads((weights / "manifest.json").read_text())
@@ -176,6 +214,8 @@ def test_manifest_postprocess_round_trip(weights: Path) -> None:
         ({"fusion": 1}, "must be text"),
         ({"fusion": "median"}, "fusion must be one of max, mean"),
         ({"flips": 3}, "flips must be one of 1, 2, 4"),
+        ({"min_area_ratio": 1.5}, "min_area_ratio in"),
+        ({"seed_split_height": -0.1}, "seed_split_height"),
     ],
 )
 def test_damaged_postprocess_table_is_a_model_error(weights: Path, table, message: str) -> None:
@@ -206,7 +246,8 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
 
     result = CliRunner().invoke(cli, predict)
     assert result.exit_code == 0, result.output
-    assert f"S_min {tuned['min_seed_area']}" in result.stdout
+    assert f"S_min {tuned['min_seed_area']} seed split {tuned['seed_split_height']:g} S_rel " \
+        f"{tuned['min_area_ratio']:g}" in result.stdout
     assert len(np.unique(tifffile.imread(out / "cell_00001_label.tiff"))) - 1 == len(CENTRES)
     result = CliRunner().invoke(cli, [*predict, "--min-seed-area", "64"])  # the command line still wins
     assert result.exit_code == 0 and not tifffile.imread(out / "cell_00001_label.tiff").any()

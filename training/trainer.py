@@ -202,8 +202,9 @@ def validate(net: nn.Module, samples: list[Prepared], cfg: TrainConfig, device: 
         assert sample.labels is not None  # validation samples are prepared with labels
         image = np.asarray(open_array(sample.image))
         gt = np.asarray(open_array(sample.labels))
-        cell, boundary = predict_maps(image, runner, validation_plan(sample.diameter, cfg), icfg)
-        f1s.append(image_scores(gt, instance_map(cell, boundary, icfg)).f1)
+        plan = validation_plan(sample.diameter, cfg)
+        cell, boundary = predict_maps(image, runner, plan, icfg)
+        f1s.append(image_scores(gt, instance_map(cell, boundary, icfg, plan.view_scale)).f1)
     return float(np.mean(f1s)) if f1s else float("nan")
 
 
