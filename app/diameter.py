@@ -91,8 +91,9 @@ def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) 
     """One single-view look at `scale` on a central crop of one window: (median diameter in px of the image, or
     None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
     crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
-    cell, boundary = predict_maps(crop, runner, Plan((scale,), cfg.stride), cfg)
-    return median_diameter(instance_map(cell, boundary, cfg, scale), cfg.estimate_min_objects)
+    plan = Plan((scale,), cfg.stride)
+    cell, boundary = predict_maps(crop, runner, plan, cfg)
+    return median_diameter(instance_map(cell, boundary, cfg, plan.view_scale), cfg.estimate_min_objects)
 
 
 def pick_estimate(

@@ -12,7 +12,7 @@ maps are held. The best combination can be stored in the weights' manifest, wher
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -107,7 +107,7 @@ def score_views(views: Views, candidates: list[dict[str, Any]], cfg: InferenceCo
             fused[key] = views.fused(*key)
         cell, boundary = fused[key]
         chosen = cfg.with_overrides(**settings)
-        watershed_key = replace(chosen, min_area_ratio=0.0)
+        watershed_key = chosen.with_overrides(min_area_ratio=0.0)
         if last is None or last[0] != watershed_key:
             last = (watershed_key, instance_map(cell, boundary, watershed_key, views.view_scale))
         scores[i] = image_scores(views.truth, drop_small_cells(last[1], chosen.min_area_ratio)).f1
