@@ -177,23 +177,27 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
 @click.option("--target-diameter", type=float, default=None,
               help="Adaptive scales' target object diameter in px, stored with --write. [default: the manifest's, "
                    "else the app's]")
+@click.option("--fluorescence-target-diameter", type=float, default=None,
+              help="The same for fluorescence images (0: --target-diameter), stored with --write. [default: the "
+                   "manifest's, else the app's]")
 @click.option("--scale-mode", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
               help="Scales the maps are computed at, as predict would choose them.")
 def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int,
-         target_diameter: float | None, scale_mode: str) -> None:
-    """Choose flipped views, scale fusion, T_cell, T_seed and S_min for a model on labelled images (never the
-    images you report F1 on).
+         target_diameter: float | None, fluorescence_target_diameter: float | None, scale_mode: str) -> None:
+    """Choose flipped views, scale fusion, T_cell, T_seed, S_min, seed split and S_rel for a model on labelled
+    images (never the images you report F1 on).
 
     The model's maps are computed once per image at the scales predict would choose (adaptive: from each
     image's estimated diameter, found with the manifest's current thresholds; fixed: MT2's) with up to 4 flipped
     views; every combination of the grid is scored with the challenge F1. With --write the best and the target
-    diameter go into the manifest, and predict uses them (a short time budget still drops flipped views first).
+    diameters go into the manifest, and predict uses them (a short time budget still drops flipped views first).
     """
     from pathlib import Path
 
     from tqdm import tqdm
 
     from app.config import InferenceConfig
+    from app.diameter import target_diameter as target_diameter_of
     from app.errors import ModelError
     from app.manifest import manifest_beside, postprocess_settings, store_postprocess
     from app.reader import labelled_pairs
@@ -214,8 +218,10 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         raise click.ClickException(str(exc)) from exc
     base = InferenceConfig(device=device, threads=threads, scale_mode=scale_mode)
     # The diameter estimate runs with the thresholds predict would use now; the grid then scores every setting.
-    cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, "target_diameter": target_diameter})
-    click.echo(f"scales: {scale_mode}" + (f", target diameter {cfg.target_diameter:g} px" if scale_mode == "adaptive"
+    targets = {"target_diameter": target_diameter, "fluorescence_target_diameter": fluorescence_target_diameter}
+    cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, **targets})
+    click.echo(f"scales: {scale_mode}" + (f", target diameter {cfg.target_diameter:g} px (fluorescence "
+                                          f"{target_diameter_of(True, cfg):g} px)" if scale_mode == "adaptive"
                                           else ""), err=True)
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
     candidates = candidate_settings(base)
@@ -236,7 +242,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         note = f"{len(scored)} images of {data.name}, mean F1 {best.f1:.4f}"
         chosen = best.settings
         if scale_mode == "adaptive":
-            chosen = {**best.settings, "target_diameter": cfg.target_diameter}
+            chosen = {**best.settings, **{name: getattr(cfg, name) for name in targets}}
         click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note)}")
 
 

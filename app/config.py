@@ -62,6 +62,7 @@ class InferenceConfig:
     diameter: float = _opt(0.0, "typical object diameter in pixels, if known: sets the scales and skips the "
                            "estimate (0: estimate it)")
     target_diameter: float = _opt(30.0, "diameter (px) at which the model sees objects in adaptive mode")
+    fluorescence_target_diameter: float = _opt(0.0, "the same for fluorescence images (px; 0: --target-diameter)")
     adaptive_spread: tuple[float, ...] = _opt((0.8, 1.0, 1.2), "adaptive scales, as factors of target / diameter")
     adaptive_scale_range: tuple[float, ...] = _opt((0.25, 4.0), "adaptive scales are clipped to [low, high]")
     estimate_side: int = _opt(512, "side (px, as the model sees it) of the central crop of the diameter estimate")
@@ -108,8 +109,8 @@ class InferenceConfig:
         check_choice("fusion", self.fusion, FUSIONS)
         check_choice("flips", self.flips, FLIP_AXES)
         check_choice("scale_mode", self.scale_mode, SCALE_MODES)
-        if self.diameter < 0 or self.target_diameter <= 0:
-            raise ValueError("diameter must be >= 0 and target_diameter > 0")
+        if self.diameter < 0 or self.target_diameter <= 0 or self.fluorescence_target_diameter < 0:
+            raise ValueError("diameter and fluorescence_target_diameter must be >= 0, target_diameter > 0")
         if len(self.adaptive_scale_range) != 2 or not 0 < self.adaptive_scale_range[0] <= self.adaptive_scale_range[1]:
             raise ValueError("adaptive_scale_range needs two values 0 < low <= high")
         if not self.adaptive_spread or min(self.adaptive_spread) <= 0:
@@ -138,9 +139,10 @@ class InferenceConfig:
 POSTPROCESS_FIELDS: tuple[str, ...] = (
     "flips", "fusion", "cell_threshold", "seed_threshold", "min_seed_area", "seed_split_height", "min_area_ratio"
 )
-# What a manifest may set besides: the object size at which this model segments best (adaptive scales), chosen
-# by measurement for each model and recorded by `python -m app tune --write` with the settings it was tuned at.
-MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter")
+# What a manifest may set besides: the object sizes at which this model segments best (adaptive scales; one for
+# fluorescence, one for the rest), chosen by measurement for each model and recorded by `python -m app tune
+# --write` with the settings they were tuned at.
+MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter", "fluorescence_target_diameter")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ next finer look confirms within `cfg.estimate_agreement` (the finest look needs 
 reached that size); the estimate is the finer look's, which sees the objects with more pixels. When the looks
 contradict each other, the median of those that reached the model at the minimum size decides (any of them may show
 pieces or blobs: the middle bounds the error either way); when none reached it, the look whose objects came closest
-to `cfg.target_diameter` in its view. The image's scales are then `cfg.adaptive_spread` around target / diameter. A
+to `cfg.target_diameter` in its view. The image's scales are then `cfg.adaptive_spread` around target / diameter,
+with the target of the image's modality (`cfg.fluorescence_target_diameter` for fluorescence, when set). A
 diameter given by the user (`--diameter`, Cellpose's convention) skips the looks; too few objects fall back to the
 fixed scales.
 """
@@ -87,10 +88,16 @@ def clip_scale(scale: float, cfg: InferenceConfig) -> float:
     return float(min(max(scale, low), high))
 
 
+def look_side(scale: float, cfg: InferenceConfig) -> int:
+    """Side (px of the image) of the central crop a look at `scale` runs on: `cfg.estimate_side` px as the model
+    sees it (one window), and at least a quarter window."""
+    return max(cfg.window // 4, int(round(cfg.estimate_side / scale)))
+
+
 def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) -> tuple[float | None, int]:
     """One single-view look at `scale` on a central crop of one window: (median diameter in px of the image, or
     None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
-    crop = central_crop(image_u8, max(cfg.window // 4, int(round(cfg.estimate_side / scale))))
+    crop = central_crop(image_u8, look_side(scale, cfg))
     plan = Plan((scale,), cfg.stride)
     cell, boundary = predict_maps(crop, runner, plan, cfg)
     return median_diameter(instance_map(cell, boundary, cfg, plan.view_scale), cfg.estimate_min_objects)
@@ -154,9 +161,17 @@ def estimate_diameter(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig) -
     return SizeEstimate(diameter, ESTIMATED, found[chosen][1], len(found), seconds)
 
 
-def adaptive_scales(diameter: float, cfg: InferenceConfig) -> tuple[float, ...]:
-    """`cfg.adaptive_spread` around the scale that brings `diameter` to `cfg.target_diameter`."""
-    centre = clip_scale(cfg.target_diameter / diameter, cfg)
+def target_diameter(fluorescence: bool, cfg: InferenceConfig) -> float:
+    """The size (px) at which the model sees objects of this modality: `cfg.fluorescence_target_diameter` for
+    fluorescence when set, else `cfg.target_diameter`."""
+    if fluorescence and cfg.fluorescence_target_diameter > 0:
+        return cfg.fluorescence_target_diameter
+    return cfg.target_diameter
+
+
+def adaptive_scales(diameter: float, cfg: InferenceConfig, fluorescence: bool = False) -> tuple[float, ...]:
+    """`cfg.adaptive_spread` around the scale that brings `diameter` to the modality's target diameter."""
+    centre = clip_scale(target_diameter(fluorescence, cfg) / diameter, cfg)
     scales = (round(clip_scale(centre * f, cfg), 4) for f in cfg.adaptive_spread)
     return tuple(dict.fromkeys(scales))  # clipping can repeat a scale: each runs once
 
@@ -176,7 +191,7 @@ def size_estimate(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig, allow
 def choose_scales(estimate: SizeEstimate, fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
     """The image's full-plan scales: adaptive around its diameter, else MT2's for its modality."""
     if estimate.diameter is not None:
-        return adaptive_scales(estimate.diameter, cfg)
+        return adaptive_scales(estimate.diameter, cfg, fluorescence)
     return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
 
 
@@ -192,7 +207,9 @@ __all__ = [
     "estimate_diameter",
     "label_diameter",
     "look",
+    "look_side",
     "median_diameter",
     "pick_estimate",
     "size_estimate",
+    "target_diameter",
 ]

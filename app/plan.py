@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from app.config import FLIP_AXES, InferenceConfig
+from app.diameter import look_side
 from app.infer import Plan, Runner
 from app.runner import CPU
 from app.tiling import crop_shapes, scaled_size, window_grid
@@ -33,7 +34,8 @@ class Costs:
 
     `map_seconds_per_mp` is resizing one scale in and out plus accumulating and fusing its windows, per
     megapixel of the original image; `post_seconds_per_mp` is the watershed; `io_seconds_per_mp` is reading,
-    normalising and writing; `split_seconds_per_mp` is the seed split, added to the watershed when it is on.
+    normalising and writing; `split_seconds_per_mp` is the seed split's worst case, added to the watershed (the
+    planner sets it to 0 when the split is off).
     """
 
     window_seconds: float
@@ -106,8 +108,26 @@ def estimate_seconds(
     windows = window_count(shapes, scales, window, stride) * flips
     crop_mp = sum(a * b for a, b in shapes) / 1e6
     image_mp = h * w / 1e6
-    host = crop_mp * (len(scales) * flips * costs.map_seconds_per_mp + costs.post_seconds_per_mp)
+    post = costs.post_seconds_per_mp + costs.split_seconds_per_mp
+    host = crop_mp * (len(scales) * flips * costs.map_seconds_per_mp + post)
     return windows * costs.window_seconds + host + image_mp * costs.io_seconds_per_mp
+
+
+def estimate_look_seconds(h: int, w: int, cfg: InferenceConfig, costs: Costs) -> float:
+    """Estimated seconds of the diameter estimate at its worst (every look of `cfg.estimate_scales` taken): each
+    look runs the windows of its central crop at its scale and the watershed on that crop, with nothing read or
+    written. The crops are what `app.diameter.look` runs on, so a small image costs only its own pixels.
+
+    The seed split is charged at nothing rather than at its worst case: the looks' time is charged to the image's
+    budget before the main plan is chosen, so an optimistic figure can cost that plan some views but never the
+    budget. Measured on three 1 MP phase-contrast images (2 threads): 1.87-2.15 s for all five looks with the
+    split, 2.03 s estimated (docs/SPEED.md)."""
+    no_io = replace(costs, io_seconds_per_mp=0.0, split_seconds_per_mp=0.0)
+    total = 0.0
+    for scale in cfg.estimate_scales:
+        side = look_side(scale, cfg)
+        total += estimate_seconds(min(h, side), min(w, side), (scale,), cfg.stride, no_io, window=cfg.window)
+    return total
 
 
 def candidate_plans(
@@ -273,12 +293,7 @@ class Planner:
             per_window, spent = measure_window_seconds(self.runner, self.cfg)
             self.measure_seconds = spent
             split = self.host_costs.split_seconds_per_mp if self.cfg.seed_split_height > 0 else 0.0
-            self._costs = Costs(
-                per_window,
-                self.host_costs.map_seconds_per_mp,
-                self.host_costs.post_seconds_per_mp + split,
-                self.host_costs.io_seconds_per_mp,
-            )
+            self._costs = replace(self.host_costs, window_seconds=per_window, split_seconds_per_mp=split)
             log.debug("model throughput: %.3f s per %d-pixel window (measured in %.2f s)", per_window,
                      self.cfg.window, spent)
         return self._costs
@@ -293,12 +308,12 @@ class Planner:
         return float(self.budget)
 
     def estimate_allowed(self, height: int, width: int) -> bool:
-        """Whether the diameter estimate's looks (one window each, all of them at worst) fit
+        """Whether the diameter estimate's looks (`estimate_look_seconds`, all of them at worst) fit
         `cfg.estimate_budget_share` of the image's budget; always with no budget."""
         budget = self.budget_seconds(height, width)
         if budget is None:
             return True
-        cost = len(self.cfg.estimate_scales) * (self.costs.window_seconds + self.costs.post_seconds_per_mp * 0.3)
+        cost = estimate_look_seconds(height, width, self.cfg, self.costs)
         return cost <= self.cfg.estimate_budget_share * budget
 
     def plan(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import POSTPROCESS_FIELDS
+from app.config import MANIFEST_FIELDS
 from benchmarks import accuracy
 
 
@@ -27,7 +27,7 @@ def test_all_methods_on_a_toy_budget(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "Shipped model settings: flips " in text
     for method in ("mt", "supervised"):  # each comparison model carries the settings `app tune` chose for it
         manifest = json.loads((tmp_path / f"run_{method}" / "onnx" / "manifest.json").read_text())
-        assert set(manifest["postprocess"]) == {*POSTPROCESS_FIELDS, "target_diameter", "tuned_on"}
+        assert set(manifest["postprocess"]) == {*MANIFEST_FIELDS, "tuned_on"}
         assert len(list((tmp_path / f"pred_{method}").glob("*_label.tiff"))) == 4
 
 

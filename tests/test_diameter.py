@@ -12,6 +12,7 @@ from app.diameter import (
     ESTIMATED,
     FIXED,
     GIVEN,
+    SizeEstimate,
     adaptive_scales,
     central_crop,
     choose_scales,
@@ -21,6 +22,7 @@ from app.diameter import (
     median_diameter,
     pick_estimate,
     size_estimate,
+    target_diameter,
 )
 from app.plan import Costs, Planner, choose_plan
 from app.runner import ModelRunner
@@ -135,6 +137,20 @@ def test_scales_bring_objects_to_the_target_size() -> None:
     assert adaptive_scales(60.0, cfg) == (0.4, 0.5, 0.6)
     assert adaptive_scales(1.0, cfg) == (3.2, 4.0)  # clipped to the range, each scale once
     assert adaptive_scales(30.0, cfg.with_overrides(adaptive_spread=(1.0,))) == (1.0,)
+    assert adaptive_scales(15.0, cfg, fluorescence=True) == (1.6, 2.0, 2.4)  # unset: the same target
+
+
+def test_fluorescence_has_its_own_target_when_set() -> None:
+    cfg = InferenceConfig(target_diameter=30.0, fluorescence_target_diameter=45.0)
+    assert (target_diameter(True, cfg), target_diameter(False, cfg)) == (45.0, 30.0)
+    assert adaptive_scales(15.0, cfg, fluorescence=True) == (2.4, 3.0, 3.6)
+    assert adaptive_scales(15.0, cfg) == (1.6, 2.0, 2.4)
+    given = SizeEstimate(15.0, GIVEN)
+    assert choose_scales(given, True, cfg) == (2.4, 3.0, 3.6) and choose_scales(given, False, cfg) == (1.6, 2.0, 2.4)
+    fixed = SizeEstimate(None, FIXED)
+    assert choose_scales(fixed, True, cfg) == (1.5,)  # fixed scales ignore the targets
+    with pytest.raises(ValueError, match="fluorescence_target_diameter"):
+        InferenceConfig(fluorescence_target_diameter=-1.0)
 
 
 def test_diameter_option_overrides_the_estimate_and_fixed_mode_keeps_mt2(runner: ModelRunner) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.config import InferenceConfig
@@ -11,6 +13,7 @@ from app.plan import (
     Planner,
     candidate_plans,
     choose_plan,
+    estimate_look_seconds,
     estimate_seconds,
     full_plan,
     modality_scales,
@@ -35,6 +38,17 @@ def test_estimate_counts_windows_and_host_work() -> None:
     assert est == pytest.approx(9 * 0.1 + 1.048576 * (0.1 + 0.2) + 1.048576 * 0.1)
     assert estimate_seconds(1024, 1024, (1.0,), 512, COSTS) < est
     assert estimate_seconds(1024, 1024, (0.8, 1.0, 1.2), 256, COSTS) > est
+
+
+def test_look_cost_counts_each_looks_crop() -> None:
+    cfg = CFG.with_overrides(estimate_scales=(0.5, 1.0, 2.0), estimate_side=512, window=512)
+    # A 256 x 256 image: every look's crop is the whole image, one window each, no reading or writing.
+    small = 3 * 0.1 + 3 * 0.065536 * (0.1 + 0.2)
+    assert estimate_look_seconds(256, 256, cfg, COSTS) == pytest.approx(small)
+    # A 4000 x 4000 image: crops of 1024, 512 and 256 px, each one window as the model sees it.
+    large = 3 * 0.1 + (1024**2 + 512**2 + 256**2) / 1e6 * (0.1 + 0.2)
+    assert estimate_look_seconds(4000, 4000, cfg, COSTS) == pytest.approx(large)
+    assert estimate_look_seconds(8000, 8000, cfg, COSTS) == pytest.approx(large)  # crops do not grow further
 
 
 def test_ladder_is_in_accuracy_order() -> None:
@@ -157,5 +171,11 @@ def test_planner_counts_the_seed_split_in_post_processing(runner: ModelRunner) -
     cfg = CFG.with_overrides(budget="auto", batch_size=2, window=64)
     off = Planner(runner, cfg, host_costs=host).costs
     on = Planner(runner, cfg.with_overrides(seed_split_height=0.15), host_costs=host).costs
-    assert off.post_seconds_per_mp == pytest.approx(0.2)
-    assert on.post_seconds_per_mp == pytest.approx(0.7)
+    assert (off.post_seconds_per_mp, off.split_seconds_per_mp) == (0.2, 0.0)
+    assert (on.post_seconds_per_mp, on.split_seconds_per_mp) == (0.2, 0.5)
+    without = replace(on, split_seconds_per_mp=0.0)
+    extra = estimate_seconds(1000, 1000, (1.0,), 256, on) - estimate_seconds(1000, 1000, (1.0,), 256, without)
+    assert extra == pytest.approx(0.5)  # the split's worst case, once per megapixel of the image
+    # The looks of the diameter estimate are charged the plain watershed (their time is measured and charged
+    # before the main plan is chosen).
+    assert estimate_look_seconds(1000, 1000, CFG, on) == pytest.approx(estimate_look_seconds(1000, 1000, CFG, without))

@@ -253,15 +253,18 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     assert result.exit_code == 0 and not tifffile.imread(out / "cell_00001_label.tiff").any()
 
     result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
-                                      "--threads", "1", "--write", "--target-diameter", "12"])
-    assert result.exit_code == 0 and "target diameter 12 px" in result.output
-    assert postprocess_settings(weights)["target_diameter"] == 12.0
+                                      "--threads", "1", "--write", "--target-diameter", "12",
+                                      "--fluorescence-target-diameter", "14"])
+    assert result.exit_code == 0 and "target diameter 12 px (fluorescence 14 px)" in result.output
+    stored = postprocess_settings(weights)
+    assert (stored["target_diameter"], stored["fluorescence_target_diameter"]) == (12.0, 14.0)
     result = CliRunner().invoke(cli, [*predict, "--report", str(tmp_path / "r.csv")])
     assert result.exit_code == 0, result.output
     row = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
     header = (tmp_path / "r.csv").read_text().splitlines()[0].split(",")
     diameter, scales = float(row[header.index("diameter")]), row[header.index("scales")].split("/")
-    assert float(scales[1]) == pytest.approx(12.0 / diameter, rel=0.01)  # predict takes the manifest's target
+    target = 14.0 if row[header.index("fluorescence")] == "True" else 12.0
+    assert float(scales[1]) == pytest.approx(target / diameter, rel=0.01)  # predict takes the manifest's target
 
 
 def test_tune_without_labelled_images_or_manifest_fails_clearly(tmp_path: Path) -> None:
