@@ -197,7 +197,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     from tqdm import tqdm
 
     from app.config import InferenceConfig
-    from app.diameter import target_diameter as target_diameter_of
+    from app.diameter import describe_scale_rule
     from app.errors import ModelError
     from app.manifest import manifest_beside, postprocess_settings, store_postprocess
     from app.reader import labelled_pairs
@@ -220,9 +220,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     # The diameter estimate runs with the thresholds predict would use now; the grid then scores every setting.
     targets = {"target_diameter": target_diameter, "fluorescence_target_diameter": fluorescence_target_diameter}
     cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, **targets})
-    click.echo(f"scales: {scale_mode}" + (f", target diameter {cfg.target_diameter:g} px (fluorescence "
-                                          f"{target_diameter_of(True, cfg):g} px)" if scale_mode == "adaptive"
-                                          else ""), err=True)
+    click.echo(describe_scale_rule(cfg), err=True)
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
     candidates = candidate_settings(base)
     scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,

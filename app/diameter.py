@@ -169,6 +169,16 @@ def target_diameter(fluorescence: bool, cfg: InferenceConfig) -> float:
     return cfg.target_diameter
 
 
+def describe_scale_rule(cfg: InferenceConfig) -> str:
+    """How a run chooses scales, for the lines `predict` and `tune` print: the mode and, when adaptive, the
+    target sizes (and a diameter the user gave)."""
+    if cfg.scale_mode == "fixed":
+        return "fixed scales"
+    given = f", diameter given {cfg.diameter:g} px" if cfg.diameter > 0 else ""
+    return (f"adaptive scales, target diameter {target_diameter(False, cfg):g} px (fluorescence "
+            f"{target_diameter(True, cfg):g} px){given}")
+
+
 def adaptive_scales(diameter: float, cfg: InferenceConfig, fluorescence: bool = False) -> tuple[float, ...]:
     """`cfg.adaptive_spread` around the scale that brings `diameter` to the modality's target diameter."""
     centre = clip_scale(target_diameter(fluorescence, cfg) / diameter, cfg)
@@ -203,6 +213,7 @@ __all__ = [
     "adaptive_scales",
     "central_crop",
     "choose_scales",
+    "describe_scale_rule",
     "equivalent_diameters",
     "estimate_diameter",
     "label_diameter",

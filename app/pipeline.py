@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from app import extras as extra_outputs
 from app.config import CHALLENGE, EXTRA_SUFFIXES, InferenceConfig
-from app.diameter import choose_scales, size_estimate, target_diameter
+from app.diameter import choose_scales, describe_scale_rule, size_estimate
 from app.errors import InputError
 from app.normalize import is_fluorescence, normalize, to_rgb
 from app.plan import Planner, describe
@@ -125,15 +125,6 @@ def process_image(
         write_labels(output, labels)
     if extras:
         write_extras(path, output.parent, labels, kept, extras, cfg, row, timings)
-
-
-def scale_line(cfg: InferenceConfig) -> str:
-    """How the run chooses scales, for the start-up line: the mode and, when adaptive, its target sizes."""
-    if cfg.scale_mode == "fixed":
-        return "fixed scales"
-    given = f", diameter given {cfg.diameter:g} px" if cfg.diameter > 0 else ""
-    return (f"adaptive scales, target diameter {target_diameter(False, cfg):g} px (fluorescence "
-            f"{target_diameter(True, cfg):g} px){given}")
 
 
 def check_extras(names: Collection[str]) -> None:
@@ -351,7 +342,7 @@ def run_folder(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
         f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
         f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area} "
-        f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}; {scale_line(cfg)}; "
+        f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}; {describe_scale_rule(cfg)}; "
         f"{len(images)} image(s)"
     )
 

@@ -16,6 +16,7 @@ from app.diameter import (
     adaptive_scales,
     central_crop,
     choose_scales,
+    describe_scale_rule,
     equivalent_diameters,
     estimate_diameter,
     label_diameter,
@@ -151,6 +152,9 @@ def test_fluorescence_has_its_own_target_when_set() -> None:
     assert choose_scales(fixed, True, cfg) == (1.5,)  # fixed scales ignore the targets
     with pytest.raises(ValueError, match="fluorescence_target_diameter"):
         InferenceConfig(fluorescence_target_diameter=-1.0)
+    assert describe_scale_rule(cfg) == "adaptive scales, target diameter 30 px (fluorescence 45 px)"
+    assert describe_scale_rule(cfg.with_overrides(diameter=12.0)).endswith("(fluorescence 45 px), diameter given 12 px")
+    assert describe_scale_rule(cfg.with_overrides(scale_mode="fixed")) == "fixed scales"
 
 
 def test_diameter_option_overrides_the_estimate_and_fixed_mode_keeps_mt2(runner: ModelRunner) -> None:
