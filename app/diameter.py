@@ -198,11 +198,16 @@ def size_estimate(image_u8: np.ndarray, runner: Any, cfg: InferenceConfig, allow
     return estimate_diameter(image_u8, runner, cfg)
 
 
+def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
+    """MT2's scales: `cfg.fluorescence_scales` (1.5 alone) for fluorescence, `cfg.scales` (0.8/1.0/1.2) otherwise."""
+    return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
+
+
 def choose_scales(estimate: SizeEstimate, fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
     """The image's full-plan scales: adaptive around its diameter, else MT2's for its modality."""
     if estimate.diameter is not None:
         return adaptive_scales(estimate.diameter, cfg, fluorescence)
-    return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
+    return modality_scales(fluorescence, cfg)
 
 
 __all__ = [
@@ -220,6 +225,7 @@ __all__ = [
     "look",
     "look_side",
     "median_diameter",
+    "modality_scales",
     "pick_estimate",
     "size_estimate",
     "target_diameter",

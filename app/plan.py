@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.config import FLIP_AXES, InferenceConfig
-from app.diameter import look_side
+from app.diameter import look_side, modality_scales
 from app.infer import Plan, Runner
 from app.runner import CPU
 from app.tiling import crop_shapes, scaled_size, window_grid
@@ -68,11 +68,6 @@ class PlanLadder:
 
 
 LADDER = PlanLadder()
-
-
-def modality_scales(fluorescence: bool, cfg: InferenceConfig) -> tuple[float, ...]:
-    """MT2's scales: `cfg.fluorescence_scales` (1.5 alone) for fluorescence, `cfg.scales` (0.8/1.0/1.2) otherwise."""
-    return tuple(cfg.fluorescence_scales if fluorescence else cfg.scales)
 
 
 def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str, scales: tuple[float, ...] | None = None) -> Plan:

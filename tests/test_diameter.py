@@ -21,6 +21,7 @@ from app.diameter import (
     estimate_diameter,
     label_diameter,
     median_diameter,
+    modality_scales,
     pick_estimate,
     size_estimate,
     target_diameter,
@@ -139,6 +140,11 @@ def test_scales_bring_objects_to_the_target_size() -> None:
     assert adaptive_scales(1.0, cfg) == (3.2, 4.0)  # clipped to the range, each scale once
     assert adaptive_scales(30.0, cfg.with_overrides(adaptive_spread=(1.0,))) == (1.0,)
     assert adaptive_scales(15.0, cfg, fluorescence=True) == (1.6, 2.0, 2.4)  # unset: the same target
+
+
+def test_modality_scales_follow_mt2() -> None:
+    assert modality_scales(False, InferenceConfig()) == (0.8, 1.0, 1.2)
+    assert modality_scales(True, InferenceConfig()) == (1.5,)
 
 
 def test_fluorescence_has_its_own_target_when_set() -> None:

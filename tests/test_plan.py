@@ -16,7 +16,6 @@ from app.plan import (
     estimate_look_seconds,
     estimate_seconds,
     full_plan,
-    modality_scales,
     parse_budget,
 )
 from app.runner import ModelRunner
@@ -25,11 +24,6 @@ from app.tiling import crop_shapes
 CFG = InferenceConfig()
 # Fake timings: 0.1 s per model window, host work 0.5 s per megapixel all told.
 COSTS = Costs(window_seconds=0.1, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1)
-
-
-def test_modality_scales_follow_mt2() -> None:
-    assert modality_scales(False, CFG) == (0.8, 1.0, 1.2)
-    assert modality_scales(True, CFG) == (1.5,)
 
 
 def test_estimate_counts_windows_and_host_work() -> None:
