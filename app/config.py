@@ -80,6 +80,9 @@ class InferenceConfig:
                       "(adds the up-down mirror and both); a short time budget drops them before anything else")
     window: int = _opt(512, "sliding-window side in pixels (the model's fixed input size)")
     stride: int = _opt(256, "sliding-window step in pixels")
+    one_pass_max_side: int = _opt(1024, "a scaled image (or whole-slide tile) with no side above this runs through "
+                                  "the model as one input padded to a multiple of 32, not as overlapping windows "
+                                  "(more context, no seams, fewer pixels); 0: always windows")
     batch_size: int = _opt(4, "windows per model call")
     window_sigma: float = _opt(0.125, "overlapping windows are averaged with Gaussian weights of this sigma "
                                "(fraction of the window), trusting window centres over edges; 0: plain average")
@@ -181,6 +184,7 @@ class ModelContract:
     output_names: tuple[str, ...] = ("cls", "cell", "boundary")
     input_channels: int = 3
     cls_channels: int = 3
+    size_multiple: int = 32  # input heights and widths the network takes (five 2x downsamplings)
     fp16_file: str = "mt2.fp16.onnx"
     fp32_file: str = "mt2.fp32.onnx"
     manifest_file: str = "manifest.json"

@@ -4,11 +4,15 @@ MT2's test-time recipe is several scales fused by the pixel-wise maximum. `cfg.f
 every scale (averaged, then flipped back) and `cfg.fusion` may average the scales instead; both are chosen per
 model by `python -m app tune`, since which helps depends on the network.
 
-One scale, one view: resize the uint8 image, zero-pad it only when it is smaller than a window (the network's
-convolutions pad with zeros too, so the kept region sees the same border), run `cfg.window`-sized windows at
+One scale, one view: resize the uint8 image; when no side exceeds `cfg.one_pass_max_side`, run it through the
+model as one input zero-padded to the network's size multiple (`app.tiling`); else zero-pad it only when it is
+smaller than a window (the network's convolutions pad with zeros too, so the kept region sees the same
+border), run `cfg.window`-sized windows at
 `stride` in batches of `cfg.batch_size`, average the overlapping window outputs (Gaussian-weighted towards window
 centres, `cfg.window_sigma`; 0 gives MT2's plain average) in float32 maps the size of the scaled image, crop and
-resize back. Several views or scales: combined by `fuse` at the original size.
+resize back. The flipped views of one scale are averaged at the scaled size and resized back once (a
+downscaled image's views cost their own pixels, not the original's); several scales are combined by `fuse` at
+the original size.
 
 Resizing is a separable bilinear interpolation with half-pixel centres written in numpy (`resize_bilinear`); on
 this project's 2-core benchmark machine it is 3-10x faster than `scipy.ndimage.zoom(order=1)` and
@@ -25,7 +29,7 @@ import numpy as np
 
 from app.config import FLIP_AXES, FUSIONS, InferenceConfig, check_choice
 from app.errors import ModelError
-from app.tiling import scaled_size, window_grid, window_starts
+from app.tiling import one_pass_shape, scaled_size, window_grid, window_starts
 from app.timing import timed
 
 # Output rows interpolated per block by `resize_bilinear`: bounds its float32 temporaries.
@@ -140,9 +144,19 @@ def _coverage(length: int, window: int, stride: int, profile: np.ndarray) -> np.
 def _window_maps(
     scaled: np.ndarray, runner: Runner, cfg: InferenceConfig, stride: int, timings: dict[str, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cell and boundary maps (float32, the size of `scaled`) from overlapping windows of an already scaled image."""
+    """Cell and boundary maps (float32, the size of `scaled`) of an already scaled image: one padded pass through
+    the model when it is small enough (`app.tiling.one_pass_shape`; not for a model with a fixed input size),
+    else overlapping windows."""
     window = cfg.window
     h, w = scaled.shape[:2]
+    whole = one_pass_shape(h, w, cfg.one_pass_max_side) if runner.input_hw is None else None
+    if whole is not None:
+        with timed(timings, "fuse"):
+            batch = np.zeros((1, 3, *whole), np.float32)
+            np.multiply(scaled.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=batch[0, :, :h, :w], dtype=np.float32)
+        with timed(timings, "model"):
+            _, cell_out, boundary_out = runner.run(batch)
+        return cell_out[0, 0, :h, :w].copy(), boundary_out[0, 0, :h, :w].copy()
     with timed(timings, "fuse"):
         ph, pw = max(h, window), max(w, window)
         if (ph, pw) != (h, w):
@@ -182,11 +196,12 @@ def scale_views(
     flips: int = 1,
     timings: dict[str, float] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Cell and boundary maps (float32 H×W, original size) of the image at `scale`, one pair per flipped view.
+    """Cell and boundary maps (float32) of the image at `scale`, one pair per flipped view, at the scaled size.
 
     Each view flips the scaled image (`FLIP_AXES[flips]`), runs the windows and flips the maps back, so every
-    pair is aligned with the image; the first view is the image itself. A generator, so a caller averaging the
-    views holds one at a time.
+    pair is aligned with the scaled image; the first view is the image itself. A generator, so a caller
+    averaging the views holds one at a time; `restore_size` brings their mean back to the image's size (one
+    resize per scale however many views: resizing is linear, so it commutes with the mean).
     """
     window, stride = cfg.window, stride or cfg.stride
     _check_inputs(image_u8, scale, window, stride)
@@ -200,10 +215,15 @@ def scale_views(
         scaled = resize_bilinear(image_u8, h, w)
     for axes in FLIP_AXES[flips]:
         cell, boundary = _window_maps(np.flip(scaled, axes) if axes else scaled, runner, cfg, stride, timings)
-        if axes:
-            cell, boundary = np.flip(cell, axes), np.flip(boundary, axes)
-        with timed(timings, "resize"):
-            yield resize_bilinear(cell, height, width), resize_bilinear(boundary, height, width)
+        yield (np.flip(cell, axes), np.flip(boundary, axes)) if axes else (cell, boundary)
+
+
+def restore_size(
+    maps: tuple[np.ndarray, np.ndarray], height: int, width: int, timings: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (cell, boundary) pair resized back to the image's height × width."""
+    with timed(timings, "resize"):
+        return resize_bilinear(maps[0], height, width), resize_bilinear(maps[1], height, width)
 
 
 def fuse(
@@ -246,12 +266,16 @@ def predict_maps(
     image_u8: np.ndarray, runner: Runner, plan: Plan, cfg: InferenceConfig, timings: dict[str, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell and boundary probability maps (float32 H×W, original size): at each of the plan's scales the mean of
-    its flipped views, the scales fused by `cfg.fusion` (one scale: its maps as they are)."""
+    its flipped views (taken at the scaled size, then resized back), the scales fused by `cfg.fusion` (one scale:
+    its maps as they are)."""
     if len(plan.scales) == 0:
         raise ValueError("at least one scale is needed")
+    height, width = image_u8.shape[:2]
     per_scale = (
-        fuse(scale_views(image_u8, runner, scale, cfg, stride=plan.stride, flips=plan.flips, timings=timings), "mean",
-             timings, owned=True)
+        restore_size(
+            fuse(scale_views(image_u8, runner, scale, cfg, stride=plan.stride, flips=plan.flips, timings=timings),
+                 "mean", timings, owned=True),
+            height, width, timings)
         for scale in plan.scales
     )
     return fuse(per_scale, cfg.fusion, timings, owned=True)

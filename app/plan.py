@@ -22,7 +22,7 @@ from app.config import FLIP_AXES, InferenceConfig
 from app.diameter import look_side, modality_scales
 from app.infer import Plan, Runner
 from app.runner import CPU
-from app.tiling import crop_shapes, scaled_size, window_grid
+from app.tiling import crop_shapes, model_load, scaled_size
 from app.tolerance import tolerance
 
 log = logging.getLogger(__name__)
@@ -32,26 +32,30 @@ log = logging.getLogger(__name__)
 class Costs:
     """Throughputs the cost model needs: model seconds per window and host seconds per megapixel.
 
-    `map_seconds_per_mp` is resizing one scale in and out plus accumulating and fusing its windows, per
-    megapixel of the original image; `post_seconds_per_mp` is the watershed; `io_seconds_per_mp` is reading,
-    normalising and writing; `split_seconds_per_mp` is the seed split's worst case, added to the watershed (the
-    planner sets it to 0 when the split is off).
+    `view_seconds_per_mp` is the work of one flipped view per megapixel the model sees at its scale (the scaled
+    image as the model gets it, `app.tiling.model_load`): cutting the windows, accumulating and averaging their
+    outputs, and resizing the image to that scale; `scale_seconds_per_mp` is the work of one scale per megapixel of the
+    original image: resizing its maps back and fusing them with the other scales'. `post_seconds_per_mp` is the
+    watershed; `io_seconds_per_mp` is reading, normalising and writing; `split_seconds_per_mp` is what the seed
+    split adds to the watershed on real maps (the planner sets it to 0 when the split is off).
     """
 
     window_seconds: float
-    map_seconds_per_mp: float
+    view_seconds_per_mp: float
+    scale_seconds_per_mp: float
     post_seconds_per_mp: float
     io_seconds_per_mp: float
     split_seconds_per_mp: float = 0.0
 
 
-# Host-side throughputs measured with `python -m benchmarks.speed` on the 2-core reference machine
-# (docs/SPEED.md); the model's throughput is always measured on the device at run time instead.
-# The seed split's worst case (every seed holds two cells and is reconstructed): `paired_split_seconds_per_mp` of
-# `python -m benchmarks.speed` (0.61-0.71 s measured, a rounded upper end kept); real maps need about a fifth.
-SPLIT_SECONDS_PER_MP = 0.75
-HOST_COSTS = Costs(window_seconds=0.0, map_seconds_per_mp=0.15, post_seconds_per_mp=0.10, io_seconds_per_mp=0.20,
-                   split_seconds_per_mp=SPLIT_SECONDS_PER_MP)
+# Host-side throughputs measured on the 2-core reference machine (docs/SPEED.md, "Cost model"); the model's
+# throughput is always measured on the device at run time instead. The seed split is charged what it costs on
+# real maps, not its worst case (every seed holding two cells, `paired_split_seconds_per_mp` of
+# `python -m benchmarks.speed`: 0.61-0.71 s per MP): the worst case's excess is a small part of the 25% safety
+# margin the planner keeps (`budget_safety`, 2.5 s per MP of tolerance).
+SPLIT_SECONDS_PER_MP = 0.25
+HOST_COSTS = Costs(window_seconds=0.0, view_seconds_per_mp=0.06, scale_seconds_per_mp=0.03,
+                   post_seconds_per_mp=0.10, io_seconds_per_mp=0.20, split_seconds_per_mp=SPLIT_SECONDS_PER_MP)
 
 
 @dataclass(frozen=True)
@@ -75,13 +79,6 @@ def full_plan(fluorescence: bool, cfg: InferenceConfig, reason: str, scales: tup
     return Plan(scales or modality_scales(fluorescence, cfg), cfg.stride, reason, cfg.flips)
 
 
-def window_count(shapes: list[tuple[int, int]], scales: tuple[float, ...], window: int, stride: int) -> int:
-    """Model windows needed to cover every shape at every scale."""
-    return sum(
-        len(window_grid(scaled_size(h, s), scaled_size(w, s), window, stride)) for h, w in shapes for s in scales
-    )
-
-
 def estimate_seconds(
     h: int,
     w: int,
@@ -92,20 +89,27 @@ def estimate_seconds(
     window: int = InferenceConfig.window,
     shapes: list[tuple[int, int]] | None = None,
     flips: int = 1,
+    one_pass_max: int = 0,
 ) -> float:
     """Estimated seconds for one image: windows x model time, plus host work per megapixel.
 
     `shapes` are the arrays the model sees (default: the whole image); on the whole-slide path they are the
-    haloed tiles, so halo overlap is paid for in model windows and in per-scale map work. Every flipped view
-    runs all the windows again and is accumulated and resized back like another scale.
+    haloed tiles, so halo overlap is paid for in model windows and in map work. Every flipped view runs the
+    model on its scale again and is accumulated at the scaled size; each scale is resized back once. Scaled
+    arrays with no side above `one_pass_max` run as one padded input (`app.tiling.model_load`).
     """
     shapes = shapes if shapes is not None else [(h, w)]
-    windows = window_count(shapes, scales, window, stride) * flips
+    loads = [
+        model_load(scaled_size(a, s), scaled_size(b, s), window, stride, one_pass_max)
+        for a, b in shapes
+        for s in scales
+    ]
+    windows = sum(load for load, _ in loads) * flips
+    view_mp = sum(pixels for _, pixels in loads) / 1e6
     crop_mp = sum(a * b for a, b in shapes) / 1e6
-    image_mp = h * w / 1e6
     post = costs.post_seconds_per_mp + costs.split_seconds_per_mp
-    host = crop_mp * (len(scales) * flips * costs.map_seconds_per_mp + post)
-    return windows * costs.window_seconds + host + image_mp * costs.io_seconds_per_mp
+    host = view_mp * flips * costs.view_seconds_per_mp + crop_mp * (len(scales) * costs.scale_seconds_per_mp + post)
+    return windows * costs.window_seconds + host + h * w / 1e6 * costs.io_seconds_per_mp
 
 
 def estimate_look_seconds(h: int, w: int, cfg: InferenceConfig, costs: Costs) -> float:
@@ -113,15 +117,16 @@ def estimate_look_seconds(h: int, w: int, cfg: InferenceConfig, costs: Costs) ->
     look runs the windows of its central crop at its scale and the watershed on that crop, with nothing read or
     written. The crops are what `app.diameter.look` runs on, so a small image costs only its own pixels.
 
-    The seed split is charged at nothing rather than at its worst case: the looks' time is charged to the image's
-    budget before the main plan is chosen, so an optimistic figure can cost that plan some views but never the
-    budget. Measured on three 1 MP phase-contrast images (2 threads): 1.87-2.15 s for all five looks with the
-    split, 2.03 s estimated (docs/SPEED.md)."""
+    The seed split is not charged: the looks' time is charged to the image's budget before the main plan is
+    chosen, so an optimistic figure can cost that plan some views but never the budget. Measured on the six 1 MP
+    phase-contrast validation images (2 threads, 0.179 s per window): 0.61-0.97 s for the looks taken, 1.10 s
+    estimated for all five (docs/SPEED.md)."""
     no_io = replace(costs, io_seconds_per_mp=0.0, split_seconds_per_mp=0.0)
     total = 0.0
     for scale in cfg.estimate_scales:
         side = look_side(scale, cfg)
-        total += estimate_seconds(min(h, side), min(w, side), (scale,), cfg.stride, no_io, window=cfg.window)
+        total += estimate_seconds(min(h, side), min(w, side), (scale,), cfg.stride, no_io, window=cfg.window,
+                                  one_pass_max=cfg.one_pass_max_side)
     return total
 
 
@@ -185,7 +190,9 @@ def choose_plan(
     shapes = crop_shapes(h, w, cfg)
     candidates = candidate_plans(fluorescence, cfg, ladder, scales)
     estimates = [
-        estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f) for sc, st, f, _ in candidates
+        estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f,
+                         one_pass_max=cfg.one_pass_max_side)
+        for sc, st, f, _ in candidates
     ]
     margin = f"{cfg.budget_safety:.0%} of the {budget_seconds:.1f} s budget"
     for (scales, stride, flips, label), est in zip(candidates, estimates):
@@ -273,7 +280,8 @@ class Planner:
         ladder: PlanLadder = LADDER,
     ) -> None:
         self.runner = runner
-        self.cfg = cfg
+        # A model with a fixed input size always takes windows (`app.infer`), so its plans are costed that way.
+        self.cfg = cfg if runner.input_hw is None else replace(cfg, one_pass_max_side=0)
         self.startup_seconds = float(startup_seconds)
         self.budget = parse_budget(cfg.budget)
         self.host_costs = host_costs

@@ -1,8 +1,11 @@
 """Where the model looks: window placement for sliding-window inference, whole-slide tiles, scaled sizes.
 
-Windows start every `stride` pixels and the last one sits flush with the image edge, so a large image is covered
-without padding and every window has the model's fixed input shape. Images smaller than a window get a single
-window at 0 (the caller pads them to the window size). Images above `cfg.tile_threshold_pixels` are cut into
+A scaled image whose sides are at most `cfg.one_pass_max_side` runs through the model as one input, zero-padded
+to the network's size multiple (`one_pass_shape`): the network is fully convolutional, so the whole image gives
+every pixel its full context, leaves no seams and costs only its own pixels. A larger one takes overlapping
+windows: they start every `stride` pixels and the last one sits flush with the image edge, so it is covered
+without padding and every window has the model's input shape; a side shorter than a window gets one window at 0
+(the caller pads it to the window size). Images above `cfg.tile_threshold_pixels` are cut into
 cores of `cfg.tile_size` pixels with a halo of `cfg.tile_halo` (`app.segment`). The planner counts windows with
 the same functions the segmenter runs, so its estimate cannot drift from what runs.
 """
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.config import InferenceConfig
+from app.config import CONTRACT, InferenceConfig
 
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -34,6 +37,24 @@ def window_grid(h: int, w: int, window: int, stride: int) -> list[tuple[int, int
     ys = window_starts(h, window, stride)
     xs = window_starts(w, window, stride)
     return [(int(y), int(x)) for y in ys for x in xs]
+
+
+def one_pass_shape(h: int, w: int, max_side: int, multiple: int = CONTRACT.size_multiple) -> tuple[int, int] | None:
+    """The padded shape at which an h x w scaled image runs through the model as one input, or None when a side
+    exceeds `max_side` (0: never) and it takes windows."""
+    if not 0 < max(h, w) <= max_side:
+        return None
+    return -(-h // multiple) * multiple, -(-w // multiple) * multiple
+
+
+def model_load(h: int, w: int, window: int, stride: int, one_pass_max: int = 0) -> tuple[float, int]:
+    """(model work in windows, pixels the model sees) for an h x w scaled image: one input counts its padded
+    pixels as a share of a window (a convolutional network's time follows its pixels), windows count one each;
+    the pixels are the padded input, or the image padded to at least a window."""
+    shape = one_pass_shape(h, w, one_pass_max)
+    if shape is not None:
+        return shape[0] * shape[1] / window**2, shape[0] * shape[1]
+    return len(window_grid(h, w, window, stride)), max(h, window) * max(w, window)
 
 
 def scaled_size(length: int, scale: float) -> int:

@@ -21,12 +21,12 @@ import numpy as np
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.diameter import choose_scales, size_estimate
 from app.errors import InputError
-from app.infer import Plan, Runner, fuse, scale_views
+from app.infer import Plan, Runner, fuse, restore_size, scale_views
 from app.metric import image_scores, read_labels
 from app.normalize import is_fluorescence, read_normalized
 from app.postprocess import drop_small_cells, instance_map
 
-# (cell, boundary) map pairs: one tuple per scale, one pair per flipped view.
+# (cell, boundary) map pairs at the scale's size: one tuple per scale, one pair per flipped view.
 ScaleViews = tuple[tuple[tuple[np.ndarray, np.ndarray], ...], ...]
 
 
@@ -41,7 +41,8 @@ class Views:
 
     def fused(self, flips: int, fusion: str) -> tuple[np.ndarray, np.ndarray]:
         """The maps `predict` computes with `flips` views and `fusion` (the same operations, in the same order)."""
-        return fuse((fuse(views[:flips], "mean") for views in self.per_scale), fusion)
+        height, width = self.truth.shape
+        return fuse((restore_size(fuse(views[:flips], "mean"), height, width) for views in self.per_scale), fusion)
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,15 @@ class Trial:
     f1: float
 
 
-def image_views(image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int) -> tuple[ScaleViews, float]:
+def image_views(
+    image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int
+) -> tuple[ScaleViews, float, tuple[int, int]]:
     """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
-    says), per scale and per flipped view, and the plan's `view_scale`."""
+    says), per scale and per flipped view at the scale's size; the plan's `view_scale`; the image's shape."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
     scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
     per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
-    return per_scale, Plan(scales, cfg.stride).view_scale
+    return per_scale, Plan(scales, cfg.stride).view_scale, rgb_u8.shape[:2]
 
 
 def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
@@ -127,11 +130,10 @@ def collect_scores(
     for image_path, label_path in pairs:
         try:
             truth = read_labels(label_path)
-            per_scale, view_scale = image_views(image_path, runner, cfg, flips)
+            per_scale, view_scale, shape = image_views(image_path, runner, cfg, flips)
         except (InputError, OSError, ValueError) as exc:
             on_error(f"{image_path.name}: {exc}")
             continue
-        shape = per_scale[0][0][0].shape
         if truth.shape != shape:
             on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {shape}")
             continue

@@ -151,7 +151,8 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
         "peak_rss": peak,
         "window_seconds": planner.costs.window_seconds if planner._costs is not None else None,
         "estimate": estimate_seconds(h, w, tuple(plan_scales(row)), row["stride"], planner.costs,
-                                     window=cfg.window, shapes=crop_shapes(h, w, cfg), flips=row["flips"]),
+                                     window=cfg.window, shapes=crop_shapes(h, w, cfg), flips=row["flips"],
+                                     one_pass_max=planner.cfg.one_pass_max_side),
         "provider": runner.provider,
     }
     out.write_text(json.dumps(result))

@@ -178,7 +178,8 @@ def test_diameter_option_overrides_the_estimate_and_fixed_mode_keeps_mt2(runner:
         InferenceConfig(scale_mode="auto")
 
 
-COSTS = Costs(window_seconds=0.1, map_seconds_per_mp=0.1, post_seconds_per_mp=0.2, io_seconds_per_mp=0.1)
+COSTS = Costs(window_seconds=0.1, view_seconds_per_mp=0.1, scale_seconds_per_mp=0.05, post_seconds_per_mp=0.2,
+              io_seconds_per_mp=0.1)
 
 
 def test_plan_counts_the_estimate_inside_the_budget(runner: ModelRunner) -> None:

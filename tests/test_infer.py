@@ -10,11 +10,12 @@ from scipy import ndimage
 
 from app.config import InferenceConfig
 from app.errors import ModelError
-from app.infer import Plan, fuse, predict_maps, resize_bilinear, scale_views, window_profile
+from app.infer import Plan, fuse, predict_maps, resize_bilinear, restore_size, scale_views, window_profile
 from app.runner import ModelRunner
 from tests.onnx_models import contract_model, disc_image, shaped_model
 
 CFG = InferenceConfig()
+WINDOWS = CFG.with_overrides(one_pass_max_side=0)  # every image through sliding windows
 
 
 def rgb(gray: np.ndarray) -> np.ndarray:
@@ -37,16 +38,39 @@ def textured() -> np.ndarray:
     return rng.integers(0, 256, (1200, 900, 3), dtype=np.uint8)
 
 
-def test_small_image_equals_one_direct_pass(tmp_path):
-    """A 300×200 image is zero-padded to one 512 window; a 3×3 blur model then sees exactly the direct pass."""
+@pytest.mark.parametrize("cfg", [CFG, WINDOWS], ids=["one pass", "windows"])
+def test_small_image_equals_one_direct_pass(tmp_path, cfg):
+    """A 300×200 image is zero-padded to 320×224 (one pass) or to one 512 window; a 3×3 blur model then sees
+    exactly the direct pass."""
     model = contract_model(tmp_path / "blur.onnx", kernel=3)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    cell, boundary = predict_maps(image, ModelRunner(model, "cpu", threads=1), Plan((1.0,), CFG.stride), CFG)
+    cell, boundary = predict_maps(image, ModelRunner(model, "cpu", threads=1), Plan((1.0,), cfg.stride), cfg)
     ref_cell, ref_boundary = direct_pass(model, image)
     assert cell.shape == (300, 200) and cell.dtype == np.float32
     np.testing.assert_allclose(cell, ref_cell, atol=1e-6)
     np.testing.assert_allclose(boundary, ref_boundary, atol=1e-6)
+
+
+def test_one_pass_has_no_window_seams(tmp_path):
+    """A 9×9 blur over a 1000×700 image: one padded pass equals the direct pass everywhere, while overlapping
+    windows differ where a window edge cut the blur's support."""
+    model = contract_model(tmp_path / "blur9.onnx", kernel=9, gain=8.0)
+    runner = ModelRunner(model, "cpu", threads=1)
+    image = np.random.default_rng(4).integers(0, 256, (1000, 700, 3), dtype=np.uint8)
+    ref_cell, _ = direct_pass(model, image)
+    whole, _ = predict_maps(image, runner, Plan((1.0,), CFG.stride), CFG)
+    windows, _ = predict_maps(image, runner, Plan((1.0,), CFG.stride), WINDOWS)
+    np.testing.assert_allclose(whole, ref_cell, atol=1e-5)
+    assert np.abs(windows - ref_cell).max() > 1e-3
+    above, _ = predict_maps(image, runner, Plan((1.0,), CFG.stride), CFG.with_overrides(one_pass_max_side=999))
+    np.testing.assert_array_equal(above, windows)  # a side above the limit takes windows
+
+
+def test_fixed_input_model_takes_windows_even_when_small(tmp_path):
+    runner = ModelRunner(shaped_model(tmp_path / "fixed.onnx", input_dims=(1, None, 512, 512)), "cpu")
+    cell, _ = predict_maps(np.full((100, 140, 3), 200, np.uint8), runner, Plan((1.0,), CFG.stride), CFG)
+    assert cell.shape == (100, 140)
 
 
 def test_large_image_same_maps_whatever_the_stride(tmp_path, textured):
@@ -55,7 +79,7 @@ def test_large_image_same_maps_whatever_the_stride(tmp_path, textured):
     runner = ModelRunner(model, "cpu", threads=1)
     ref_cell, ref_boundary = direct_pass(model, textured)
     for stride in (192, 256, 512):
-        cell, boundary = predict_maps(textured, runner, Plan((1.0,), stride), CFG)
+        cell, boundary = predict_maps(textured, runner, Plan((1.0,), stride), WINDOWS)
         assert cell.shape == (1200, 900)
         np.testing.assert_allclose(cell, ref_cell, atol=1e-5, err_msg=f"stride {stride}")
         np.testing.assert_allclose(boundary, ref_boundary, atol=1e-5, err_msg=f"stride {stride}")
@@ -121,7 +145,7 @@ def test_flipped_views_are_aligned_with_the_image(tmp_path):
     runner = ModelRunner(contract_model(tmp_path / "point.onnx"), "cpu", threads=1)
     image = rgb(disc_image((700, 600), [(150, 150), (500, 420), (90, 520)], 40))  # no mirror symmetry
     views = list(scale_views(image, runner, 1.3, CFG, flips=4))
-    assert len(views) == 4
+    assert len(views) == 4 and all(v[0].shape == (910, 780) for v in views)  # the scaled size
     for cell, boundary in views[1:]:
         np.testing.assert_allclose(cell, views[0][0], rtol=0, atol=1e-6)
         np.testing.assert_allclose(boundary, views[0][1], rtol=0, atol=1e-6)
@@ -144,6 +168,22 @@ def test_flipped_views_average_a_directional_model(tmp_path):
     np.testing.assert_allclose(four[0], two[0], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="flips must be one of 1, 2, 4"):
         predict_maps(image, runner, Plan((1.0,), CFG.stride, flips=3), CFG)
+
+
+def test_views_of_a_rescaled_image_are_averaged_before_resizing_back(tmp_path):
+    """Resizing is linear, so averaging the views at the scaled size and resizing once gives the mean of the
+    views resized one by one."""
+    shift = np.zeros((3, 3), np.float32)
+    shift[1, 2] = 1.0
+    runner = ModelRunner(contract_model(tmp_path / "shift.onnx", weight=shift, gain=5.0), "cpu", threads=1)
+    image = np.random.default_rng(6).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    views = list(scale_views(image, runner, 0.6, CFG, flips=2))
+    assert views[0][0].shape == (180, 420)
+    one_by_one = [restore_size(v, 300, 700) for v in views]
+    cell, boundary = predict_maps(image, runner, Plan((0.6,), CFG.stride, flips=2), CFG)
+    assert cell.shape == (300, 700)
+    np.testing.assert_allclose(cell, (one_by_one[0][0] + one_by_one[1][0]) / 2, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(boundary, (one_by_one[0][1] + one_by_one[1][1]) / 2, rtol=0, atol=1e-6)
 
 
 def test_fuse_leaves_its_inputs_alone():

@@ -1,11 +1,11 @@
-"""Window placement: coverage, flush last window, no duplicates, small images."""
+"""Window placement: coverage, flush last window, no duplicates, small images; one-pass inputs and their cost."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from app.tiling import window_grid, window_starts
+from app.tiling import model_load, one_pass_shape, window_grid, window_starts
 
 
 def test_regular_starts_end_flush():
@@ -54,3 +54,17 @@ def test_invalid_stride_refused():
 def test_grid_row_major():
     grid = window_grid(900, 1200, 512, 512)
     assert grid == [(0, 0), (0, 512), (0, 688), (388, 0), (388, 512), (388, 688)]
+
+
+def test_one_pass_shape_pads_to_the_size_multiple_up_to_the_limit():
+    assert one_pass_shape(300, 200, 1024) == (320, 224)
+    assert one_pass_shape(1024, 64, 1024) == (1024, 64)
+    assert one_pass_shape(1025, 64, 1024) is None  # a side above the limit: windows
+    assert one_pass_shape(300, 200, 0) is None  # 0: always windows
+
+
+def test_model_load_counts_pixels_for_one_pass_and_windows_otherwise():
+    assert model_load(1000, 1000, 512, 256, 1024) == (1024 * 1024 / 512**2, 1024 * 1024)  # 4 windows' pixels
+    assert model_load(1000, 1000, 512, 256, 0) == (9, 1000 * 1000)  # a 3 x 3 grid
+    assert model_load(300, 200, 512, 256, 0) == (1, 512 * 512)  # one window, padded
+    assert model_load(300, 200, 512, 256, 1024) == (320 * 224 / 512**2, 320 * 224)

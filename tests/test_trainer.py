@@ -29,10 +29,18 @@ from training.trainer import (
     cosine_factor,
     load_encoder_weights,
     train,
+    validation_config,
     validation_plan,
 )
 
 torch.set_num_threads(1)
+
+
+def test_validation_runs_one_pass_like_the_app_unless_the_encoder_is_too_deep():
+    shallow = validation_config(tiny_config())
+    assert shallow.one_pass_max_side == InferenceConfig.one_pass_max_side and shallow.window == 64
+    deep = validation_config(tiny_config(**{"model.encoder_depth": 6, "augment.crop": 128}))
+    assert deep.one_pass_max_side == 0  # one pass pads to 32, which six 2x downsamplings cannot take
 
 
 def test_cosine_schedule_and_parameter_groups():

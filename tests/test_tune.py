@@ -158,7 +158,8 @@ def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, sca
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
     cfg = InferenceConfig(flips=4, fusion="mean", scale_mode=mode.split("-")[0], min_seed_area=4,
                           fluorescence_grey_median=0.0 if mode == "fixed-grey" else 50.0)
-    per_scale, view_scale = image_views(path, runner, cfg, flips=4)
+    per_scale, view_scale, shape = image_views(path, runner, cfg, flips=4)
+    assert shape == SHAPE
     views = Views("a", np.zeros(SHAPE), per_scale, view_scale)
     image = read_normalized(path, cfg.max_pixels, cfg)
     if scales is None:  # the discs' own size decides: 2 * RADIUS against the target diameter

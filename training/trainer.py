@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from app.config import InferenceConfig
+from app.config import CONTRACT, InferenceConfig
 from app.infer import Plan, predict_maps
 from app.logs import silence
 from app.manifest import sha256_file
@@ -150,11 +150,14 @@ def cosine_factor(step: int, total: int, min_ratio: float) -> float:
 
 
 def validation_config(cfg: TrainConfig) -> InferenceConfig:
-    """The app's InferenceConfig for validation: configured scales, window = crop unless set."""
+    """The app's InferenceConfig for validation: configured scales, window = crop unless set; one pass as in the
+    app, unless the encoder is deeper than its padding allows (inputs must be multiples of 2^depth)."""
     window = cfg.validation.window or cfg.augment.crop
     stride = cfg.validation.stride or max(window // 2, 1)
+    one_pass = InferenceConfig.one_pass_max_side if CONTRACT.size_multiple % 2**cfg.model.encoder_depth == 0 else 0
     return InferenceConfig(
-        scales=cfg.validation.scales, window=window, stride=stride, batch_size=cfg.validation.batch_size
+        scales=cfg.validation.scales, window=window, stride=stride, batch_size=cfg.validation.batch_size,
+        one_pass_max_side=one_pass,
     )
 
 
