@@ -141,6 +141,12 @@ def _coverage(length: int, window: int, stride: int, profile: np.ndarray) -> np.
     return total[:length]
 
 
+def one_pass_limit(runner: Runner, cfg: InferenceConfig) -> int:
+    """The largest scaled side this runner takes in one pass: `cfg.one_pass_max_side`, or 0 (always windows) for
+    a model with a fixed input size."""
+    return cfg.one_pass_max_side if runner.input_hw is None else 0
+
+
 def _window_maps(
     scaled: np.ndarray, runner: Runner, cfg: InferenceConfig, stride: int, timings: dict[str, float] | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +155,7 @@ def _window_maps(
     else overlapping windows."""
     window = cfg.window
     h, w = scaled.shape[:2]
-    whole = one_pass_shape(h, w, cfg.one_pass_max_side) if runner.input_hw is None else None
+    whole = one_pass_shape(h, w, one_pass_limit(runner, cfg))
     if whole is not None:
         with timed(timings, "fuse"):
             batch = np.zeros((1, 3, *whole), np.float32)

@@ -20,7 +20,7 @@ import numpy as np
 
 from app.config import FLIP_AXES, InferenceConfig
 from app.diameter import look_side, modality_scales
-from app.infer import Plan, Runner
+from app.infer import Plan, Runner, one_pass_limit
 from app.runner import CPU
 from app.tiling import crop_shapes, model_load, scaled_size
 from app.tolerance import tolerance
@@ -280,8 +280,8 @@ class Planner:
         ladder: PlanLadder = LADDER,
     ) -> None:
         self.runner = runner
-        # A model with a fixed input size always takes windows (`app.infer`), so its plans are costed that way.
-        self.cfg = cfg if runner.input_hw is None else replace(cfg, one_pass_max_side=0)
+        # Plans are costed the way the runner will run them (`one_pass_limit`: windows for a fixed input size).
+        self.cfg = replace(cfg, one_pass_max_side=one_pass_limit(runner, cfg))
         self.startup_seconds = float(startup_seconds)
         self.budget = parse_budget(cfg.budget)
         self.host_costs = host_costs
