@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.infer import resize as app_resize
 from training.augment import (
     Geometry,
     apply_cutmix,
@@ -18,6 +19,7 @@ from training.augment import (
     move_channels,
     orient,
     photometric,
+    resize,
     sample_geometry,
     single_signal,
     unlabelled_views,
@@ -130,6 +132,16 @@ def test_rescaled_view_keeps_classes_and_ranges():
     assert set(cls.unique().tolist()) <= {0, 1, 2}
     for t in (img, cell, boundary):
         assert t.min() >= 0 and t.max() <= 1
+
+
+@pytest.mark.parametrize("size", [24, 50, 96, 160])
+def test_training_and_the_app_resize_images_alike(size):
+    """The trainer shows the network scaled views through `resize`; the app scales images through
+    `app.infer.resize`. Shrunk (antialiased) or enlarged, they agree within a grey level's rounding."""
+    image = np.random.default_rng(size).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    trained = resize(torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1), size).permute(1, 2, 0).numpy()
+    app = app_resize(image, size, size).astype(np.float32)
+    assert np.abs(trained - app).max() <= 1.5
 
 
 def test_jitter_changes_brightness_and_contrast_but_never_hue():

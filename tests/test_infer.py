@@ -10,7 +10,15 @@ from scipy import ndimage
 
 from app.config import InferenceConfig
 from app.errors import ModelError
-from app.infer import Plan, fuse, predict_maps, resize_bilinear, restore_size, scale_views, window_profile
+from app.infer import (
+    Plan,
+    fuse,
+    predict_maps,
+    resize,
+    restore_size,
+    scale_views,
+    window_profile,
+)
 from app.runner import ModelRunner
 from tests.onnx_models import contract_model, disc_image, shaped_model
 
@@ -219,18 +227,39 @@ def test_fixed_window_model_must_match_the_window(tmp_path):
         predict_maps(np.zeros((100, 100, 3), np.uint8), runner, Plan((1.0,), CFG.stride), CFG)
 
 
-@pytest.mark.parametrize("shape", [(50, 60), (20, 31), (74, 106), (37, 53)])
-def test_resize_matches_scipy_half_pixel_bilinear(shape):
+@pytest.mark.parametrize("shape", [(50, 60), (74, 106), (37, 53), (37, 80)])
+def test_enlarging_matches_scipy_half_pixel_bilinear(shape):
     source = np.random.default_rng(1).random((37, 53), dtype=np.float32)
     expected = ndimage.zoom(source, (shape[0] / 37, shape[1] / 53), order=1, grid_mode=True, mode="nearest")
-    got = resize_bilinear(source, *shape)
-    assert got.dtype == np.float32
+    got = resize(source, *shape)
+    assert got.dtype == np.float32 and got.flags.writeable
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_resize_uint8_rounds_and_keeps_channels():
-    row = np.array([[0, 255]], np.uint8)
-    assert resize_bilinear(row, 1, 4).tolist() == [[0, 64, 191, 255]]
+def test_resize_keeps_dtype_channels_and_flat_values():
     image = np.full((300, 200, 3), 77, np.uint8)
-    out = resize_bilinear(image, 451, 97)  # several row blocks
-    assert out.dtype == np.uint8 and out.shape == (451, 97, 3) and (out == 77).all()
+    image[..., 2] = 200
+    for shape in [(451, 97), (120, 80), (300, 200)]:
+        out = resize(image, *shape)
+        assert out.dtype == np.uint8 and out.shape == (*shape, 3)
+        assert (out[..., :2] == 77).all() and (out[..., 2] == 200).all()
+    flat = resize(np.full((90, 70), 0.25, np.float64), 31, 200)
+    assert flat.dtype == np.float32 and np.allclose(flat, 0.25)
+
+
+def test_shrinking_counts_every_pixel():
+    """One bright row in four, shrunk by 4: an antialiased resize shows about their mean (a quarter of the
+    maximum) on every row, in images and maps alike; bilinear sampling would read rows 1 and 2 of each four and
+    see none of them."""
+    image = np.zeros((64, 48, 3), np.uint8)
+    image[::4] = 255
+    out = resize(image, 16, 12)
+    assert 32 <= out.min() and out.max() <= 96
+    maps = resize(image[..., 0] / np.float32(255), 16, 12)
+    assert 0.12 <= maps.min() and maps.max() <= 0.38
+
+
+def test_resize_enlarges_uint8_with_rounding():
+    row = np.zeros((1, 2, 3), np.uint8)
+    row[0, 1] = 255
+    assert resize(row, 1, 4)[0, :, 0].tolist() == [0, 64, 191, 255]
