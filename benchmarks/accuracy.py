@@ -298,7 +298,7 @@ def run(args: argparse.Namespace) -> list[str]:
         heldout = work / "heldout"
         log(f"held-out set: {args.images} images, seed {args.seed}")
         modality_of = make_heldout(heldout, args.images, args.seed, tuple(args.size))
-        counts = defaultdict(int)
+        counts: defaultdict[str, int] = defaultdict(int)
         for modality in modality_of.values():
             counts[modality] += 1
         counts["all"] = len(modality_of)

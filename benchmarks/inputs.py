@@ -69,6 +69,18 @@ def grey_signal(image: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def grey_pairs(folder: Path, limit: int) -> list[tuple[Path, Path, np.ndarray]]:
+    """The first `limit` (0: all) image-label pairs of `folder` whose image is grey, with its one signal."""
+    chosen = []
+    for image, label in pairs(folder, 0):
+        signal = grey_signal(read_image(image, 10**9))
+        if signal is not None:
+            chosen.append((image, label, signal))
+            if len(chosen) == limit:
+                break
+    return chosen
+
+
 def save_layout(signal: np.ndarray, layout: str, path: Path) -> Path:
     """Write `signal` (H×W) in one of LAYOUTS; returns the file written."""
     import imageio.v3 as iio
@@ -109,9 +121,7 @@ def run_layouts(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) ->
     taken: set[str] = set()
     for index, folder in enumerate(args.folders):
         name = folder_name(folder, taken)
-        chosen = [(image, label) for image, label in pairs(folder, 0)
-                  if grey_signal(read_image(image, 10**9)) is not None]
-        chosen = chosen[: args.images] if args.images else chosen
+        chosen = grey_pairs(folder, args.images)
         if not chosen:
             lines.append(f"| {name} | 0 | " + " | ".join("n/a" for _ in LAYOUTS) + " | n/a |")
             continue
@@ -120,8 +130,7 @@ def run_layouts(args: argparse.Namespace, work: Path, extra: tuple[str, ...]) ->
             base = work / "layouts" / str(index) / layout.replace(".", "_")
             (base / "images").mkdir(parents=True, exist_ok=True)
             (base / "labels").mkdir(parents=True, exist_ok=True)
-            for image, label in chosen:
-                signal = grey_signal(read_image(image, 10**9))
+            for image, label, signal in chosen:
                 save_layout(signal, layout, base / "images" / image.name)
                 write_labels(base / "labels" / label.name, read_labels(label))
             predict_with_app(base / "images", base / "pred", args.model, args.threads, "none", extra)

@@ -38,3 +38,17 @@ def test_sizes_for_one_mode(tmp_path: Path) -> None:
     header, row = (line for line in out.read_text().splitlines() if line.startswith(("| folder", "| lab |")))
     assert "adaptive" not in header and header.count("fixed") == len(inputs.RESIZES) + 1
     assert len(row.strip("|").split("|")) == 2 + len(inputs.RESIZES) + 1
+
+
+def test_grey_pairs_skips_colour_images_and_stops_at_the_limit(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+    import numpy as np
+
+    folder = labelled_disc_folder(tmp_path / "lab", 3, (32, 32), [(16, 16)], 6)
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[..., 0] = 200  # a red image is not grey: it has no single signal to save in other layouts
+    iio.imwrite(folder / "images" / "c0.png", colour)
+    chosen = inputs.grey_pairs(folder, 1)
+    assert [image.name for image, _, _ in chosen] == ["c1.png"]
+    assert chosen[0][2].shape == (32, 32)
+    assert [image.name for image, _, _ in inputs.grey_pairs(folder, 0)] == ["c1.png", "c2.png"]
