@@ -36,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from app.config import CHALLENGE
@@ -298,9 +298,7 @@ def run(args: argparse.Namespace) -> list[str]:
         heldout = work / "heldout"
         log(f"held-out set: {args.images} images, seed {args.seed}")
         modality_of = make_heldout(heldout, args.images, args.seed, tuple(args.size))
-        counts: defaultdict[str, int] = defaultdict(int)
-        for modality in modality_of.values():
-            counts[modality] += 1
+        counts: dict[str, int] = dict(Counter(modality_of.values()))
         counts["all"] = len(modality_of)
         results: dict[str, dict[str, float]] = {}
         seconds: dict[str, float] = {}
