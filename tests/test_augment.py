@@ -22,6 +22,8 @@ from training.augment import (
     resize,
     sample_geometry,
     single_signal,
+    stain_shift,
+    stained,
     unlabelled_views,
     view,
 )
@@ -268,3 +270,41 @@ def test_quantisation_leaves_few_levels():
     cfg = AugmentConfig(quantize_p=1.0, quantize_levels=4)
     counts = [len(torch.unique(photometric(img, np.random.default_rng(s), cfg))) for s in range(20)]
     assert min(counts) <= 64 and max(counts) <= 256
+
+
+def stained_pair(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A purple-on-pink tissue-like colour image and its targets (`coded_pair`'s classes)."""
+    image, targets = coded_pair(seed=seed)
+    cls = targets[..., 0]
+    colour = np.where(cls[..., None] == 1, np.array([120, 60, 150]), np.array([235, 190, 215]))
+    return colour.astype(np.uint8), targets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stain_variation_keeps_labels_and_changes_colour_only(seed):
+    image, targets = stained_pair(seed)
+    on = AugmentConfig(crop=32, brightness=0.0, contrast=0.0, stain_p=1.0, stain_scale=0.2, stain_shift=0.2)
+    off = AugmentConfig(crop=32, brightness=0.0, contrast=0.0)
+    varied = labelled_view(image, targets, np.random.default_rng(seed), on)
+    plain = labelled_view(image, targets, np.random.default_rng(seed), off)
+    for a, b in zip(varied[1:], plain[1:]):
+        assert torch.equal(a, b)  # the same geometry: the targets of the plain view
+    assert not torch.allclose(varied[0], plain[0], atol=1e-3)
+    assert float(varied[0].min()) >= 0.0 and float(varied[0].max()) <= 1.0
+
+
+def test_stain_variation_touches_colour_images_only_and_is_exact_at_zero():
+    colour = torch.from_numpy(stained_pair(1)[0] / 255.0).permute(2, 0, 1).float()
+    assert stained(colour)
+    zero = AugmentConfig(stain_p=1.0, stain_scale=0.0, stain_shift=0.0)
+    assert torch.allclose(stain_shift(colour, np.random.default_rng(0), zero), colour.clamp(1 / 255, 1), atol=1e-5)
+    on = AugmentConfig(stain_p=1.0, stain_scale=0.1, stain_shift=0.1)
+    changes = [float((stain_shift(colour, np.random.default_rng(s), on) - colour).abs().mean()) for s in range(10)]
+    assert 0.005 < np.mean(changes) < 0.1  # small perturbations of the stain, not a new image
+    grey = torch.rand(1, 16, 16).repeat(3, 1, 1)
+    fluorescence = torch.zeros(3, 16, 16)
+    fluorescence[1:] = torch.rand(2, 16, 16)  # two signals, red empty: not a stain
+    for image in (grey, fluorescence):
+        assert not stained(image)
+        assert torch.equal(stain_shift(image, np.random.default_rng(0), on), image)
+    assert torch.equal(stain_shift(colour, np.random.default_rng(0), AugmentConfig()), colour)  # off by default

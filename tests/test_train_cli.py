@@ -42,6 +42,29 @@ def test_cli_trains_validates_and_resumes(tmp_path):
     assert ckpt["config"]["augment"]["crop"] == 64
 
 
+def test_cli_stops_at_a_step_and_continues_from_exported_weights(tmp_path):
+    from training.export import export_fp32_only
+
+    data = write_dataset(tmp_path / "data", labelled=6, unlabelled=2)
+    run = tmp_path / "run"
+    runner = CliRunner()
+    base = ["train", "--config", "cpu", "--data", str(data), *TINY, "--set", "teacher.warmup_epochs=0"]
+    result = runner.invoke(cli, base + ["--out", str(run), "--max-steps", "8", "--stop-at-step", "3"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / LAST)["schedule"] == {"step": 3, "total_steps": 8, "warmup_steps": 0}
+    export_fp32_only(run / LAST, tmp_path / "weights")
+    again = tmp_path / "again"
+    result = runner.invoke(cli, ["train", "--continue-from", str(tmp_path / "weights"), "--data", str(data),
+                                 "--out", str(again), "--stop-at-step", "4"])
+    assert result.exit_code == 0, result.output
+    assert "schedule taken up at step 3 of 8" in result.output
+    ckpt = load_checkpoint(again / LAST)
+    assert ckpt["step"] == 4 and ckpt["schedule"]["total_steps"] == 8 and ckpt["preset"] == "cpu"
+    assert list(ckpt["config"]["data"]["sources"]) == [str(data)]  # --data replaces the manifest's folders
+    result = runner.invoke(cli, ["train", "--continue-from", str(tmp_path / "weights"), "--resume", str(run)])
+    assert result.exit_code != 0 and "--resume and --continue-from name different starting points" in result.output
+
+
 def test_cli_refuses_bad_settings_in_one_line(tmp_path):
     data = write_dataset(tmp_path / "data", labelled=1, unlabelled=0, size=32)
     runner = CliRunner()

@@ -22,11 +22,11 @@ from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import prepare_all, split_dataset, steps_per_epoch
 from training.model import ModelConfig, MT2Net
+from training.schedule import cosine_factor
 from training.trainer import (
     BEST,
     LAST,
     build_optimizer,
-    cosine_factor,
     load_encoder_weights,
     train,
     validation_config,
@@ -182,13 +182,44 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     assert last_row(full)["loss_total"] == last_row(resumed)["loss_total"]
 
 
+def test_resume_inside_an_epoch_repeats_the_uninterrupted_run(tmp_path):
+    """N steps straight against N/2, stop (inside an epoch), resume, N/2: identical weights on CPU float32."""
+    data = write_dataset(tmp_path / "d", labelled=8, unlabelled=2)
+    cfg = tiny_config(**{"schedule.epochs": 3, "optim.warmup_steps": 2})
+    per_epoch = steps_per_epoch(6, 1, 2, 1)
+    assert per_epoch == 3
+    full = tmp_path / "full"
+    train(cfg, data, full)
+    halves = tmp_path / "halves"
+    train(cfg, data, halves, stop_at=4)  # epoch 2, one of its three steps done
+    stopped = load_checkpoint(halves / LAST)
+    assert (stopped["epoch"], stopped["step"], stopped["epoch_step"]) == (1, 4, 1)
+    assert stopped["schedule"] == {"step": 4, "total_steps": 9, "warmup_steps": 2}
+    train(cfg, data, halves, resume=True)
+    a, b = load_checkpoint(full / LAST), load_checkpoint(halves / LAST)
+    assert a["step"] == b["step"] == 9 and b["epoch_step"] == 0
+    assert _states_equal(a["student"], b["student"]) and _states_equal(a["teacher"], b["teacher"])
+    assert a["optimizer"]["state"][0]["step"] == b["optimizer"]["state"][0]["step"]
+
+
+def test_checkpoints_come_within_an_epoch_when_their_time_is_due(tmp_path):
+    data = write_dataset(tmp_path / "d", labelled=8, unlabelled=2)
+    cfg = tiny_config(**{"schedule.epochs": 1, "runtime.checkpoint_minutes": 1e-9})
+    with logged("training.trainer") as lines:
+        train(cfg, data, tmp_path / "run")
+    mid = [line for line in lines if line.startswith("checkpoint at step")]
+    assert mid == ["checkpoint at step 1 (epoch 1, 1 of its steps done)",
+                   "checkpoint at step 2 (epoch 1, 2 of its steps done)"]  # step 3 ends the epoch: its own save
+
+
 def test_checkpoint_holds_the_agreed_keys(tmp_path):
     data = write_dataset(tmp_path / "d", labelled=3, unlabelled=1)
     cfg = tiny_config(**{"schedule.epochs": 1, "teacher.warmup_epochs": 0, "validation.every_epochs": 1})
     best = train(cfg, data, tmp_path / "run")
     assert best == tmp_path / "run" / BEST and best.exists()
     ckpt = load_checkpoint(best)
-    for key in ("student", "teacher", "model_config", "preset", "config", "epoch", "step", "optimizer",
+    for key in ("student", "teacher", "model_config", "preset", "config", "epoch", "step", "epoch_step", "schedule",
+                "optimizer",
                 "scheduler", "scaler", "rng", "metrics", "data", "init_onnx"):
         assert key in ckpt, key
     assert ckpt["init_onnx"] is None  # a run from scratch

@@ -65,23 +65,34 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
 @click.option("--init-onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Start from the weights of an exported fp32 model (e.g. weights/mt2.fp32.onnx) to fine-tune it; "
                    "the preset's model must have its architecture.")
+@click.option("--continue-from", "continue_from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Take up the schedule of the run that exported this weights folder (its manifest.json records "
+                   "the step and planned length) in a new run folder: the weights become student and teacher.")
+@click.option("--stop-at-step", type=click.IntRange(min=1), default=None,
+              help="Stop after this optimiser step with a checkpoint, the planned schedule unchanged (resume goes on).")
 @click.option("--epochs", type=int, default=None, help="Override schedule.epochs.")
 @click.option("--max-steps", type=int, default=None, help="Override schedule.max_steps.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config field.")
 def train_command(
-    config, data_dirs, out_dir, resume_dir, encoder_weights, init_onnx, epochs, max_steps, overrides
+    config, data_dirs, out_dir, resume_dir, encoder_weights, init_onnx, continue_from, stop_at_step, epochs, max_steps,
+    overrides,
 ) -> None:
     """Train MT2 (supervised warm-up, then Mean Teacher); prints the best checkpoint's path."""
     from training.checkpoint import load_checkpoint
     from training.config import ConfigError, TrainConfig, load_config, parse_override, with_overrides
+    from training.schedule import continuation
     from training.trainer import LAST, train
 
     if out_dir is None and resume_dir is None:
         raise click.UsageError("give --out RUN_DIR (or --resume RUN_DIR)")
     if out_dir is not None and resume_dir is not None and out_dir.resolve() != resume_dir.resolve():
         raise click.UsageError("--out and --resume name different folders")
-    if init_onnx is not None and (resume_dir is not None or encoder_weights is not None):
-        raise click.UsageError("--init-onnx starts a new run: it goes with neither --resume nor --encoder-weights")
+    starts = [name for name, value in (("--resume", resume_dir), ("--encoder-weights", encoder_weights),
+                                       ("--init-onnx", init_onnx), ("--continue-from", continue_from)) if value]
+    if len(starts) > 1:
+        raise click.UsageError(f"{' and '.join(starts)} name different starting points: give one")
+    if continue_from is not None and out_dir is None:
+        raise click.UsageError("--continue-from needs --out RUN_DIR (a new run folder)")
     run_dir = resume_dir or out_dir
     changes = dict(parse_override(text) for text in overrides)
     if epochs is not None:
@@ -89,17 +100,23 @@ def train_command(
     if max_steps is not None:
         changes["schedule.max_steps"] = max_steps
     try:
+        start_step = 0
         if config is not None:
             cfg = load_config(config, changes)
         elif resume_dir is not None:
             cfg = with_overrides(TrainConfig.from_dict(load_checkpoint(resume_dir / LAST)["config"]), changes)
-        else:
+        elif continue_from is None:
             raise click.UsageError("give --config PRESET_OR_FILE")
+        if continue_from is not None:
+            taken = continuation(continue_from, cfg if config is not None else None)
+            cfg, init_onnx, start_step = with_overrides(taken.config, changes), taken.onnx, taken.step
+            if data_dirs:  # the folders named now replace those the manifest recorded
+                cfg = with_overrides(cfg, {"data.sources": [str(d) for d in data_dirs]})
         new_dirs = [str(d) for d in data_dirs if str(d) not in cfg.data.sources]
         if new_dirs:
             cfg = with_overrides(cfg, {"data.sources": [*cfg.data.sources, *new_dirs]})
         best = train(cfg, None, run_dir, resume=resume_dir is not None, encoder_weights=encoder_weights,
-                     init_onnx=init_onnx)
+                     init_onnx=init_onnx, start_step=start_step, stop_at=stop_at_step)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(str(best))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 from training.config import DIAMETER_SCALE_RANGE, AugmentConfig
 
@@ -167,9 +168,33 @@ def move_channels(image: torch.Tensor, rng: np.random.Generator, p: float) -> to
     return out
 
 
+def stained(image: torch.Tensor) -> bool:
+    """True for a colour image: all three channels carry signal and they differ (a stain, not grey or
+    fluorescence in one or two channels)."""
+    return all(bool(image[c].any()) for c in range(3)) and not single_signal(image)
+
+
+def stain_shift(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """With probability `cfg.stain_p`, a colour image's haematoxylin, eosin and DAB optical densities each scaled
+    and shifted by small random amounts (Tellez et al. 2019), so stains of other labs look familiar.
+
+    Optical density is -ln(RGB) with RGB floored at 1/255, split into stains by scikit-image's HED matrices,
+    without the clipping of `rgb2hed` (which would change pixels even with no perturbation)."""
+    if cfg.stain_p <= 0 or rng.random() >= cfg.stain_p or not stained(image):
+        return image
+    scale = rng.uniform(1 - cfg.stain_scale, 1 + cfg.stain_scale, 3)
+    shift = rng.uniform(-cfg.stain_shift, cfg.stain_shift, 3)
+    density = -np.log(np.clip(image.permute(1, 2, 0).numpy(), 1.0 / 255.0, 1.0))
+    stains = (density @ hed_from_rgb) * scale + shift
+    rgb = np.clip(np.exp(-(stains @ rgb_from_hed)), 0.0, 1.0).astype(np.float32)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
 def strong(image: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
-    """The strong photometric view: channel move, brightness/contrast, then gamma, blur, noise, quantisation."""
-    return photometric(jitter(move_channels(image, rng, cfg.channel_p), rng, cfg), rng, cfg)
+    """The strong photometric view: stain shift, channel move, brightness/contrast, then gamma, blur, noise,
+    quantisation."""
+    image = move_channels(stain_shift(image, rng, cfg), rng, cfg.channel_p)
+    return photometric(jitter(image, rng, cfg), rng, cfg)
 
 
 def labelled_view(
@@ -235,6 +260,8 @@ __all__ = [
     "move_channels",
     "photometric",
     "single_signal",
+    "stain_shift",
+    "stained",
     "strong",
     "orient",
     "resize",

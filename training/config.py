@@ -105,6 +105,13 @@ class AugmentConfig:
     # With probability channel_p the signal of a single-signal image (grey, or one non-empty channel) moves to a
     # random non-empty set of channels: fluorescence arrives in any channel. Colour images are left alone.
     channel_p: float = 0.0
+    # Stain variation of colour (stained) crops, after Tellez et al. 2019: with probability stain_p the image goes
+    # to haematoxylin-eosin-DAB optical densities (skimage's rgb2hed), each channel is scaled by a factor from
+    # [1 - stain_scale, 1 + stain_scale] and shifted by [-stain_shift, stain_shift], then back to RGB. Grey and
+    # single-signal crops are never touched.
+    stain_p: float = 0.0
+    stain_scale: float = 0.05
+    stain_shift: float = 0.05
     # CutMix: probability that a crop gets a box pasted from another crop of the same batch.
     cutmix_p: float = 0.5
 
@@ -141,7 +148,9 @@ class OptimConfig:
     lr: float = 1e-3
     encoder_lr: float = 1e-4
     weight_decay: float = 1e-2
-    # The learning rate ends at min_lr_ratio * its initial value.
+    # The learning rate rises linearly from lr / warmup_steps to lr over the first warmup_steps steps, then
+    # follows one cosine to min_lr_ratio * lr at the run's last planned step.
+    warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     # Gradient norm clip; 0 disables.
     grad_clip: float = 0.0
@@ -179,7 +188,14 @@ class RuntimeConfig:
 
     device: str = "auto"  # "auto" (CUDA when available), "cuda" or "cpu"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = True  # float16 mixed precision, used on CUDA only
+    # bfloat16 autocast of the forward passes on the CPU (losses stay float32; pays on CPUs with AVX512-BF16).
+    cpu_bf16: bool = False
+    # Activations in channels-last (NHWC) memory order: faster convolutions on CPUs with oneDNN.
+    channels_last: bool = False
+    # A checkpoint (last.pt) at least every this many minutes, in the middle of an epoch if need be; the end of
+    # every epoch writes one too.
+    checkpoint_minutes: float = 10.0
     seed: int = 0  # augmentation, sampling and initialisation
     progress: bool = True  # tqdm bar with the loss terms
     tensorboard: bool = True  # also log to TensorBoard when it is installed
@@ -243,7 +259,9 @@ def check(cfg: "TrainConfig") -> list[str]:
         problems.append("data.weights must be non-negative and not all zero")
     if cfg.data.weights and cfg.data.sources and len(cfg.data.weights) != len(cfg.data.sources):
         problems.append(f"data.weights has {len(cfg.data.weights)} value(s) for {len(cfg.data.sources)} data.sources")
-    for name in ("blur_p", "noise_p", "quantize_p", "channel_p", "diameter_p"):
+    if cfg.optim.warmup_steps < 0 or cfg.runtime.checkpoint_minutes <= 0:
+        problems.append("optim.warmup_steps must be >= 0 and runtime.checkpoint_minutes > 0")
+    for name in ("blur_p", "noise_p", "quantize_p", "channel_p", "diameter_p", "stain_p"):
         if not 0.0 <= getattr(cfg.augment, name) <= 1.0:
             problems.append(f"augment.{name} must be in [0, 1]")
     if not 2 <= cfg.augment.quantize_levels <= 256:

@@ -314,7 +314,7 @@ def epoch_order(
 
 
 class EpochSampler(Sampler):
-    """This rank's share of one epoch's draws, as (index, epoch, position) keys.
+    """This rank's share of one epoch's draws from step `first_step` on, as (index, epoch, position) keys.
 
     All ranks compute the same global order from the seed and each takes every world-th draw, like
     DistributedSampler, but the order is a pure function of (seed, epoch), so a resumed run repeats it.
@@ -331,18 +331,20 @@ class EpochSampler(Sampler):
         rank: int = 0,
         world: int = 1,
         probs: np.ndarray | None = None,
+        first_step: int = 0,
     ) -> None:
         self.n_items, self.batch, self.steps = n_items, batch, steps
         self.epoch, self.seed, self.stream, self.rank, self.world = epoch, seed, stream, rank, world
-        self.probs = probs
+        self.probs, self.first_step = probs, first_step
 
     def __len__(self) -> int:
-        return self.steps * self.batch
+        return (self.steps - self.first_step) * self.batch
 
     def __iter__(self) -> Iterator[Key]:
         total = self.steps * self.batch * self.world
         order = epoch_order(self.n_items, total, self.seed, self.stream, self.epoch, self.probs)
-        for position in range(self.rank, total, self.world):
+        start = self.first_step * self.batch * self.world  # a run resumed inside the epoch skips the steps done
+        for position in range(start + self.rank, total, self.world):
             yield int(order[position]), self.epoch, position
 
 

@@ -306,6 +306,7 @@ def manifest_meta(
             "sha256": sha256_file(checkpoint),
             "epoch": ckpt.get("epoch"),
             "step": ckpt.get("step"),
+            "schedule": ckpt.get("schedule"),
         },
         "data": ckpt.get("data"),
         "started_from": ckpt.get("init_onnx"),
@@ -334,10 +335,16 @@ def export_fp32_only(checkpoint: Path | str, out_dir: Path | str, which: str = "
     its parity checks. For models that are scored on the CPU and thrown away (the Mean Teacher against
     supervised-only comparison of the accuracy benchmark); shipped weights go through `export_checkpoint`."""
     out_dir = Path(out_dir)
-    net, used, _ = network_from_checkpoint(load_checkpoint(checkpoint), which)
+    ckpt = load_checkpoint(checkpoint)
+    net, used, _ = network_from_checkpoint(ckpt, which)
     out_dir.mkdir(parents=True, exist_ok=True)
     export_fp32(net, out_dir / CONTRACT.fp32_file)
-    return write_manifest(out_dir, [CONTRACT.fp32_file], {"checkpoint": str(checkpoint), "weights": used})
+    meta = {
+        "checkpoint": {"file": Path(checkpoint).name, "step": ckpt.get("step"), "schedule": ckpt.get("schedule")},
+        "training": {"config": portable_config(ckpt.get("config"))},
+        "weights": used,
+    }
+    return write_manifest(out_dir, [CONTRACT.fp32_file], meta)
 
 
 def verify_directory(

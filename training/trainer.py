@@ -6,7 +6,8 @@ strong views (CutMix applied to the strong views and, with the same boxes, to th
 batches go through the student in one forward pass; the consistency loss sees only the unlabelled rows.
 
 Every random choice is a pure function of (seed, epoch, position) or (seed, step), so a run resumed from
-its end-of-epoch checkpoint repeats exactly the steps an uninterrupted run would take. Under torchrun each
+its last checkpoint (written at the end of every epoch and, within an epoch, every
+`runtime.checkpoint_minutes`) repeats exactly the steps an uninterrupted run would take. Under torchrun each
 rank trains on its own share of every epoch; all ranks keep an identical teacher (the EMA of identical,
 all-reduced student weights), while validation, logs and checkpoints happen on rank 0 only.
 """
@@ -20,10 +21,11 @@ import os
 import random
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from app.logs import silence
 from app.manifest import sha256_file
 from training.augment import apply_cutmix, base_scale, cutmix_boxes
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from training.config import RuntimeConfig, TrainConfig
 from training.data import (
     EpochSampler,
     LabelledCrops,
@@ -48,12 +50,12 @@ from training.data import (
     prepare_all,
     sampling_probabilities,
     split_sources,
-    steps_per_epoch,
 )
 from training.losses import total_loss
 from training.mean_teacher import ema_update, make_teacher, teacher_probabilities
 from training.model import MT2Net
 from training.onnx_weights import load_onnx_weights
+from training.schedule import make_scheduler, schedule_record, step_budget
 from training.torch_runner import TorchRunner
 
 LAST, BEST, LOG = "last.pt", "best.pt", "log.csv"
@@ -143,10 +145,16 @@ def build_optimizer(net: MT2Net, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def cosine_factor(step: int, total: int, min_ratio: float) -> float:
-    """Cosine annealing from 1 to `min_ratio` over `total` steps, as a learning-rate multiplier."""
-    progress = min(step, total) / max(total, 1)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def autocast(device: torch.device, runtime: RuntimeConfig) -> AbstractContextManager:
+    """Mixed precision of the forward passes: float16 on CUDA (`amp`), bfloat16 on the CPU (`cpu_bf16`)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16, enabled=runtime.amp)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=runtime.cpu_bf16)
+
+
+def memory_layout(batch: torch.Tensor, runtime: RuntimeConfig) -> torch.Tensor:
+    """A batch in the network's memory order (channels last when `runtime.channels_last`)."""
+    return batch.contiguous(memory_format=torch.channels_last) if runtime.channels_last else batch
 
 
 def validation_config(cfg: TrainConfig) -> InferenceConfig:
@@ -230,22 +238,22 @@ def train_step(
     rng = np.random.default_rng([cfg.runtime.seed, 2, step])
     crop = labelled["image"].shape[-1]
     boxes = cutmix_boxes(rng, labelled["image"].shape[0], crop, cfg.augment.cutmix_p)
-    images = apply_cutmix(labelled["image"], boxes).to(device, non_blocking=True)
+    images = memory_layout(apply_cutmix(labelled["image"], boxes), cfg.runtime).to(device, non_blocking=True)
     cls = apply_cutmix(labelled["cls"], boxes).to(device, non_blocking=True)
     cell = apply_cutmix(labelled["cell"], boxes).to(device, non_blocking=True)
     boundary = apply_cutmix(labelled["boundary"], boxes).to(device, non_blocking=True)
     n_labelled = images.shape[0]
-    amp = scaler.is_enabled()
     teacher_maps = None
     if teacher is not None and unlabelled is not None:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            teacher_maps = teacher_probabilities(teacher, unlabelled["weak"].to(device, non_blocking=True))
+        with autocast(device, cfg.runtime):
+            weak = memory_layout(unlabelled["weak"], cfg.runtime).to(device, non_blocking=True)
+            teacher_maps = teacher_probabilities(teacher, weak)
         u_boxes = cutmix_boxes(rng, unlabelled["strong"].shape[0], crop, cfg.augment.cutmix_p)
         strong = apply_cutmix(unlabelled["strong"], u_boxes).to(device, non_blocking=True)
-        teacher_maps = {k: apply_cutmix(v, u_boxes) for k, v in teacher_maps.items()}
-        images = torch.cat([images, strong])
+        teacher_maps = {k: apply_cutmix(v.contiguous(), u_boxes) for k, v in teacher_maps.items()}
+        images = memory_layout(torch.cat([images, strong]), cfg.runtime)
     student.train()
-    with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+    with autocast(device, cfg.runtime):
         outputs = student(images)
     terms = total_loss(outputs, n_labelled, cls, cell, boundary, teacher_maps, cfg.loss)
     optimizer.zero_grad(set_to_none=True)
@@ -358,11 +366,15 @@ def train(
     resume: bool = False,
     encoder_weights: Path | None = None,
     init_onnx: Path | None = None,
+    start_step: int = 0,
+    stop_at: int | None = None,
 ) -> Path:
     """Train per `cfg` on the challenge-layout `data_dir`, writing RUN_DIR files; returns the best checkpoint.
 
     With `resume`, continues from ``out_dir/last.pt`` (the checkpoint's own config wins for the model). With
-    `init_onnx`, a new run starts from the weights of an exported fp32 model (training/onnx_weights.py).
+    `init_onnx`, a new run starts from the weights of an exported fp32 model (training/onnx_weights.py), at
+    `start_step` of its schedule when that is above 0 (a run taken up from exported weights,
+    training/schedule.py). `stop_at` ends the run after that step with a checkpoint, the schedule unchanged.
     """
     extra = [] if data_dir is None else [data_dir] if isinstance(data_dir, (str, Path)) else list(data_dir)
     data_dirs = data_folders(cfg, [Path(d) for d in extra])
@@ -372,7 +384,7 @@ def train(
     if not place.main:
         silence("training")  # one process speaks for the run
     try:
-        return _train(cfg, data_dirs, out_dir, resume, encoder_weights, init_onnx, place)
+        return _train(cfg, data_dirs, out_dir, resume, encoder_weights, init_onnx, place, start_step, stop_at)
     finally:
         if owns_group:
             dist.destroy_process_group()
@@ -402,17 +414,19 @@ def start_weights(
     return None
 
 
-def step_budget(cfg: TrainConfig, labelled: int, world: int) -> tuple[int, int]:
-    """(steps per epoch, total steps): the epochs' steps, capped by `schedule.max_steps` when set."""
-    steps = steps_per_epoch(labelled, cfg.data.repeats, cfg.schedule.batch_size, world)
-    total = steps * cfg.schedule.epochs
-    return steps, min(total, cfg.schedule.max_steps) if cfg.schedule.max_steps > 0 else total
+@dataclass
+class Position:
+    """Where a run stands: completed epochs, optimiser steps, steps already taken in the current epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
 
 
 def restore(
     checkpoint: dict[str, Any], net: nn.Module, optimizer: Any, scheduler: Any, scaler: Any
-) -> tuple[nn.Module | None, int, int, float | None]:
-    """Load a run's state from its checkpoint into the live objects: (teacher or None, epoch, step, best F1)."""
+) -> tuple[nn.Module | None, Position, float | None]:
+    """Load a run's state from its checkpoint into the live objects: (teacher or None, position, best F1)."""
     net.load_state_dict(checkpoint["student"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
@@ -422,7 +436,8 @@ def restore(
         teacher = make_teacher(net)
         teacher.load_state_dict(checkpoint["teacher"])
     set_rng_state(checkpoint["rng"])
-    return teacher, int(checkpoint["epoch"]), int(checkpoint["step"]), checkpoint["metrics"].get("best_val_f1")
+    position = Position(int(checkpoint["epoch"]), int(checkpoint["step"]), int(checkpoint.get("epoch_step", 0)))
+    return teacher, position, checkpoint["metrics"].get("best_val_f1")
 
 
 def log_sources(folders: list[Path], sources: list[int], probs: np.ndarray | None) -> None:
@@ -464,9 +479,11 @@ def run_epoch(
     step: int,
     epoch_steps: int,
     bar: tqdm,
+    after_step: Callable[[int, int], bool] | None = None,
 ) -> tuple[int, int, dict[str, float]]:
     """Up to `epoch_steps` steps on the labelled loader's batches (with the unlabelled stream once there is a
-    teacher): (the step count after them, the steps done, each loss term summed over them)."""
+    teacher): (the step count after them, the steps done, each loss term summed over them). `after_step(step,
+    done)` runs after every step (mid-epoch checkpoints) and ends the epoch early when it returns True."""
     sums = {name: 0.0 for name in LOSS_TERMS}
     done = 0
     for batch in loader:
@@ -480,6 +497,8 @@ def run_epoch(
             sums[name] += terms[name]
         bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
         bar.update(1)
+        if after_step is not None and after_step(step, done):
+            break
     return step, done, sums
 
 
@@ -504,6 +523,8 @@ def _train(
     encoder_weights: Path | None,
     init_onnx: Path | None,
     place: Dist,
+    start_step: int = 0,
+    stop_at: int | None = None,
 ) -> Path:
     if cfg.runtime.threads > 0:
         torch.set_num_threads(cfg.runtime.threads)
@@ -511,9 +532,11 @@ def _train(
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = load_checkpoint(out_dir / LAST) if resume else None
     if checkpoint is not None:
-        cfg = TrainConfig.from_dict(
-            {**checkpoint["config"], "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime)}
-        )
+        stored = checkpoint["config"]
+        cfg = TrainConfig.from_dict({
+            **stored, "schedule": asdict(cfg.schedule), "runtime": asdict(cfg.runtime),
+            "data": {**stored["data"], "num_workers": cfg.data.num_workers},  # how data loads is not the recipe
+        })
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out_dir / "cache"
     data = prepare_data(cfg, data_dirs, cache, place)
     log.info(
@@ -529,33 +552,41 @@ def _train(
     else:
         started_from = start_weights(net, labelled_set, device, encoder_weights, init_onnx)
     net = net.to(device)
+    if cfg.runtime.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     student: nn.Module = net
     if place.world > 1:
         student = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(net, cfg)
     steps, total_steps = step_budget(cfg, len(data.labelled), place.world)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_factor(s, total_steps, cfg.optim.min_lr_ratio)
-    )
+    scheduler = make_scheduler(optimizer, cfg, total_steps, start_step if checkpoint is None else 0)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.runtime.amp and device.type == "cuda")
     teacher: nn.Module | None = None
-    epoch, step, best_f1 = 0, 0, None
+    at, best_f1 = Position(), None
     if checkpoint is not None:
-        teacher, epoch, step, best_f1 = restore(checkpoint, net, optimizer, scheduler, scaler)
-        log.info(f"resumed from {LAST} at epoch {epoch}, step {step}")
+        teacher, at, best_f1 = restore(checkpoint, net, optimizer, scheduler, scaler)
+        log.info(f"resumed from {LAST} at epoch {at.epoch}, step {at.step}")
+    elif start_step > 0:  # taken up from exported weights: they are student and teacher, the schedule goes on
+        at = Position(start_step // steps, start_step, start_step % steps)
+        if cfg.teacher.semi_supervised:
+            teacher = make_teacher(net)
+        log.info(f"schedule taken up at step {start_step} of {total_steps}, learning rate "
+                 f"{scheduler.get_last_lr()[-1]:.3g}; the loaded weights are student and teacher")
 
     csv_log = CsvLog(out_dir, cfg.runtime.tensorboard) if place.main else None
     metrics: dict[str, Any] = {"val_f1": None, "best_val_f1": best_f1}
 
-    def payload(epoch_done: int) -> dict[str, Any]:
+    def payload() -> dict[str, Any]:
         return {
             "student": net.state_dict(),
             "teacher": teacher.state_dict() if teacher is not None else None,
             "model_config": asdict(cfg.model),
             "preset": cfg.preset,
             "config": cfg.to_dict(),
-            "epoch": epoch_done,
-            "step": step,
+            "epoch": at.epoch,
+            "step": at.step,
+            "epoch_step": at.epoch_step,
+            "schedule": schedule_record(at.step, total_steps, cfg),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -565,7 +596,7 @@ def _train(
             "init_onnx": started_from,
         }
 
-    if checkpoint is None and place.main and data.validation and cfg.validation.every_epochs > 0:
+    if checkpoint is None and start_step == 0 and place.main and data.validation and cfg.validation.every_epochs > 0:
         start_f1 = validate(net, data.validation, cfg, device)
         log.info(f"validation F1 before training: {start_f1:.4f}")
         assert csv_log is not None  # the main process keeps the log
@@ -581,46 +612,67 @@ def _train(
     if cfg.teacher.semi_supervised and not data.unlabelled:
         log.warning("semi_supervised is on but there are no unlabelled images; training supervised only")
     best_path = out_dir / BEST
-    while epoch < cfg.schedule.epochs and step < total_steps:
-        if semi and teacher is None and epoch >= cfg.teacher.warmup_epochs:
+    last_saved = time.monotonic()
+    end = total_steps if stop_at is None else min(stop_at, total_steps)
+
+    def after_step(step: int, done: int) -> bool:
+        """Mid-epoch checkpoint when one is due; True when the run must stop here (`stop_at`)."""
+        nonlocal last_saved
+        stopping = step >= end
+        due = time.monotonic() - last_saved >= cfg.runtime.checkpoint_minutes * 60
+        if (stopping or due) and place.main:
+            at.step, at.epoch_step = step, first + done
+            if at.epoch_step < steps:  # the end of the epoch writes its own checkpoint
+                save_checkpoint(out_dir / LAST, payload())
+                last_saved = time.monotonic()
+                log.info("checkpoint at step %d (epoch %d, %d of its steps done)", step, at.epoch + 1, at.epoch_step)
+        return stopping
+
+    while at.epoch < cfg.schedule.epochs and at.step < end:
+        if semi and teacher is None and at.epoch >= cfg.teacher.warmup_epochs:
             teacher = make_teacher(net)
-            log.info(f"warm-up over after {epoch} epoch(s): teacher copied from the student")
-        epoch_steps = min(steps, total_steps - step)
-        labelled_loader = _loader(labelled_set, cfg, steps, epoch, 0, cfg.schedule.batch_size, place, labelled_probs)
+            log.info(f"warm-up over after {at.epoch} epoch(s): teacher copied from the student")
+        first = at.epoch_step
+        epoch_steps = min(steps - first, end - at.step)
+        labelled_loader = make_loader(labelled_set, cfg, steps, at.epoch, 0, cfg.schedule.batch_size, place,
+                                  labelled_probs, first)
         unlabelled_iter = (
-            iter(_loader(unlabelled_set, cfg, steps, epoch, 1, cfg.schedule.unlabelled_batch_size, place,
-                         unlabelled_probs))
+            iter(make_loader(unlabelled_set, cfg, steps, at.epoch, 1, cfg.schedule.unlabelled_batch_size, place,
+                         unlabelled_probs, first))
             if teacher is not None
             else None
         )
         started, cpu_started = time.perf_counter(), time.process_time()
-        bar = tqdm(total=epoch_steps, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False,
+        bar = tqdm(total=epoch_steps, desc=f"epoch {at.epoch + 1}/{cfg.schedule.epochs}", leave=False,
                    disable=not (cfg.runtime.progress and place.main), file=sys.stderr)
-        step, done, sums = run_epoch(student, teacher, labelled_loader, unlabelled_iter, optimizer, scheduler, scaler,
-                                     cfg, device, step, epoch_steps, bar)
+        at.step, done, sums = run_epoch(student, teacher, labelled_loader, unlabelled_iter, optimizer, scheduler,
+                                        scaler, cfg, device, at.step, epoch_steps, bar, after_step)
         bar.close()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        epoch += 1
-        last_epoch = epoch >= cfg.schedule.epochs or step >= total_steps
+        if first + done < steps:  # stopped inside the epoch (`stop_at`): its checkpoint is written
+            break
+        at.epoch, at.epoch_step = at.epoch + 1, 0
+        last_epoch = at.epoch >= cfg.schedule.epochs or at.step >= total_steps
         metrics["val_f1"] = None
         if place.main:
             metrics["val_f1"], improved = validate_if_due(
-                teacher if teacher is not None else net, data.validation, cfg, device, epoch, last_epoch,
+                teacher if teacher is not None else net, data.validation, cfg, device, at.epoch, last_epoch,
                 metrics["best_val_f1"],
             )
             if metrics["val_f1"] is not None and improved:
                 metrics["best_val_f1"] = metrics["val_f1"]
-            row = epoch_row(epoch, step, float(scheduler.get_last_lr()[-1]), seconds, cpu_seconds, done, sums,
+            row = epoch_row(at.epoch, at.step, float(scheduler.get_last_lr()[-1]), seconds, cpu_seconds, done, sums,
                             teacher is not None, metrics["val_f1"])
             assert csv_log is not None
             csv_log.write(row)
-            state = payload(epoch)
+            state = payload()
             save_checkpoint(out_dir / LAST, state)
+            last_saved = time.monotonic()
             if improved or not best_path.exists():
                 save_checkpoint(best_path, state)
             val_text = f", val F1 {metrics['val_f1']:.4f}" if metrics["val_f1"] is not None else ""
-            log.info("epoch %d: step %d, loss %.4f, %.3f s/step%s", epoch, step, row["loss_total"], row["sec_per_step"],
-                     val_text)
+            log.info("epoch %d: step %d, loss %.4f, %.3f s/step%s", at.epoch, at.step, row["loss_total"],
+                     row["sec_per_step"], val_text)
         barrier(place)
     if csv_log is not None:
         csv_log.close()
@@ -642,11 +694,13 @@ def data_folders(cfg: TrainConfig, extra: list[Path]) -> list[Path]:
     return folders
 
 
-def _loader(
+def make_loader(
     dataset, cfg: TrainConfig, steps: int, epoch: int, stream: int, batch: int, place: Dist,
-    probs: np.ndarray | None = None,
+    probs: np.ndarray | None = None, first_step: int = 0,
 ) -> DataLoader:
-    sampler = EpochSampler(len(dataset), batch, steps, epoch, cfg.runtime.seed, stream, place.rank, place.world, probs)
+    """The batches of one epoch of `stream` (0 labelled, 1 unlabelled) from `first_step` on, this rank's share."""
+    sampler = EpochSampler(len(dataset), batch, steps, epoch, cfg.runtime.seed, stream, place.rank, place.world, probs,
+                           first_step)
     return DataLoader(
         dataset,
         batch_size=batch,
@@ -664,10 +718,13 @@ __all__ = [
     "LOG",
     "CsvLog",
     "Dist",
+    "autocast",
     "build_optimizer",
-    "cosine_factor",
     "init_distributed",
     "load_encoder_weights",
+    "make_loader",
+    "prepare_data",
+    "start_weights",
     "select_device",
     "train",
     "train_step",
