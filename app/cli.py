@@ -110,7 +110,7 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     from app.config import InferenceConfig
     from app.errors import ModelError
     from app.logs import setup_logging
-    from app.manifest import postprocess_settings
+    from app.manifest import class_settings, postprocess_settings
     from app.pipeline import SetupError, run_folder
 
     setup_logging(verbose)
@@ -119,11 +119,15 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     try:
         # Settings tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
         tuned = postprocess_settings(model)
+        given = {name for name, value in options.items() if value is not None}
+        classes = {kind: {k: v for k, v in fields.items() if k not in given}
+                   for kind, fields in class_settings(model).items()}
         try:
             cfg = InferenceConfig().with_overrides(**tuned).with_overrides(**options)
         except ValueError as exc:  # an option the config refuses, e.g. --flips 3
             raise SetupError(str(exc)) from exc
-        code = run_folder(input_dir, output_dir, model, cfg, report, extras=extras)
+        code = run_folder(input_dir, output_dir, model, cfg, report, extras=extras,
+                          classes={kind: fields for kind, fields in classes.items() if fields})
     except (SetupError, ModelError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -202,7 +206,15 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     from app.manifest import manifest_beside, postprocess_settings, store_postprocess
     from app.reader import labelled_pairs
     from app.runner import ModelRunner, resolve_model
-    from app.tune import candidate_settings, collect_scores, current_settings, rank, trials_table
+    from app.tune import (
+        candidate_settings,
+        choice_line,
+        class_choices,
+        collect_scores,
+        current_settings,
+        rank,
+        trials_table,
+    )
 
     data, model_path = Path(data_dir), Path(model or default_model())
     for sub in ("images", "labels"):
@@ -233,6 +245,10 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     best = trials[0]
     click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in best.settings.items())
                + f" (mean F1 {best.f1:.4f} over {len(scored)} images)")
+    choices = class_choices(candidates, scored, best.settings)
+    for choice in choices:
+        click.echo(choice_line(choice))
+    kept = {choice.kind: choice.settings for choice in choices if choice.kept}
     if write:
         manifest = manifest_beside(model_path)
         if not manifest.is_file():
@@ -241,7 +257,9 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         chosen = best.settings
         if scale_mode == "adaptive":
             chosen = {**best.settings, **{name: getattr(cfg, name) for name in targets}}
-        click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note)}")
+        if kept:
+            note += "; own thresholds for " + ", ".join(kept) + " images (held-out gain beyond noise)"
+        click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note, kept)}")
 
 
 # --- timing ------------------------------------------------------------------------------------------------------

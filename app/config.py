@@ -146,6 +146,13 @@ POSTPROCESS_FIELDS: tuple[str, ...] = (
 # fluorescence, one for the rest), chosen by measurement for each model and recorded by `python -m app tune
 # --write` with the settings they were tuned at.
 MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter", "fluorescence_target_diameter")
+# Kinds of image the channel rule tells apart (`app.normalize.image_class`): colour stains (three different
+# signals: H&E, brightfield RGB), fluorescence, and every other grey image (phase contrast, DIC). Each may have
+# its own instance thresholds (`CLASS_FIELDS`) in the manifest's `postprocess.classes` table, chosen by
+# `python -m app tune` on that kind's own tuning images; views and fusion stay common (they shape the budget).
+IMAGE_CLASSES: tuple[str, ...] = ("stained", "fluorescence", "grey")
+CLASS_FIELDS: tuple[str, ...] = ("cell_threshold", "seed_threshold", "min_seed_area", "seed_split_height",
+                                 "min_area_ratio")
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,11 @@ class TuneGrid:
     min_seed_areas: tuple[int, ...] = (4, 8, 16, 32, 64)
     seed_split_heights: tuple[float, ...] = (0.0, 0.15)
     min_area_ratios: tuple[float, ...] = (0.0, 0.2)
+    # A kind of image (IMAGE_CLASSES) gets thresholds of its own only with at least this many tuning images, and
+    # only when its best setting, chosen on one half of them and scored on the other (both ways), beats the
+    # common setting there by more than `class_noise` standard errors of the per-image differences.
+    class_min_images: int = 6
+    class_noise: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@
 everything else (architecture, training data, versions, metrics, parity figures) is free-form metadata written
 by the export. The app calls `verify_model` before loading, so a truncated download or an edited file is
 refused with one clear line instead of producing wrong labels. An optional `postprocess` table holds the
-settings chosen for these weights by `python -m app tune` (flipped views, scale fusion, thresholds); `predict`
-uses them unless the command line sets the same options.
+settings chosen for these weights by `python -m app tune` (flipped views, scale fusion, thresholds), and in its
+`classes` sub-table the thresholds of any kind of image tuned apart (`IMAGE_CLASSES`); `predict` uses them
+unless the command line sets the same options.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from app.config import CONTRACT, MANIFEST_FIELDS, InferenceConfig
+from app.config import CLASS_FIELDS, CONTRACT, IMAGE_CLASSES, MANIFEST_FIELDS, InferenceConfig
 from app.errors import ModelError
 from app.writer import write_text
 
 MANIFEST_VERSION = 1
 POSTPROCESS_NOTE = "tuned_on"  # free text beside the tuned values: which images, which F1
+CLASSES_KEY = "classes"  # per kind of image: {"stained": {"cell_threshold": 0.2, ...}, ...}
 _CHUNK = 1 << 20
 
 
@@ -126,7 +128,7 @@ def postprocess_settings(model: Path | str) -> dict[str, Any]:
         raise ModelError(f"{path.name}: 'postprocess' must be a table of {', '.join(MANIFEST_FIELDS)}")
     settings: dict[str, Any] = {}
     for name, value in table.items():
-        if name == POSTPROCESS_NOTE:
+        if name in (POSTPROCESS_NOTE, CLASSES_KEY):
             continue
         if name not in MANIFEST_FIELDS:
             raise ModelError(f"{path.name}: unknown field postprocess.{name} (known: {', '.join(MANIFEST_FIELDS)})")
@@ -136,6 +138,35 @@ def postprocess_settings(model: Path | str) -> dict[str, Any]:
     except ValueError as exc:
         raise ModelError(f"{path.name}: postprocess table: {exc}") from exc
     return settings
+
+
+def class_settings(model: Path | str) -> dict[str, dict[str, Any]]:
+    """The `postprocess.classes` table of the model's manifest: thresholds per kind of image ({} when none).
+
+    Unknown kinds, fields outside `CLASS_FIELDS` and values the app does not accept are a ModelError."""
+    path = manifest_beside(model)
+    if not path.is_file():
+        return {}
+    table = read_manifest(path).get("postprocess") or {}
+    classes = table.get(CLASSES_KEY, {}) if isinstance(table, dict) else {}
+    if not isinstance(classes, dict):
+        raise ModelError(f"{path.name}: postprocess.{CLASSES_KEY} must be a table of {', '.join(IMAGE_CLASSES)}")
+    result: dict[str, dict[str, Any]] = {}
+    for kind, fields in classes.items():
+        if kind not in IMAGE_CLASSES or not isinstance(fields, dict):
+            raise ModelError(f"{path.name}: postprocess.{CLASSES_KEY}.{kind} is not a table of a known kind of image"
+                             f" ({', '.join(IMAGE_CLASSES)})")
+        unknown = sorted(set(fields) - set(CLASS_FIELDS))
+        if unknown:
+            raise ModelError(f"{path.name}: postprocess.{CLASSES_KEY}.{kind} cannot set {', '.join(unknown)} "
+                             f"(only {', '.join(CLASS_FIELDS)})")
+        result[kind] = {name: _typed(path.name, f"{CLASSES_KEY}.{kind}.{name}", value,
+                                     type(getattr(InferenceConfig, name))) for name, value in fields.items()}
+        try:
+            InferenceConfig(**result[kind])
+        except ValueError as exc:
+            raise ModelError(f"{path.name}: postprocess.{CLASSES_KEY}.{kind}: {exc}") from exc
+    return result
 
 
 def _typed(manifest: str, name: str, value: Any, kind: type) -> Any:
@@ -151,20 +182,30 @@ def _typed(manifest: str, name: str, value: Any, kind: type) -> Any:
     return kind(value)
 
 
-def store_postprocess(directory: Path | str, settings: Mapping[str, Any], note: str) -> Path:
-    """Write `settings` (post-processing fields only) and a `tuned_on` note into an existing manifest."""
+def store_postprocess(
+    directory: Path | str, settings: Mapping[str, Any], note: str,
+    classes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write `settings` (post-processing fields only), the thresholds of any kinds of image tuned apart
+    (`classes`) and a `tuned_on` note into an existing manifest."""
     path = Path(directory) / CONTRACT.manifest_file
     manifest = read_manifest(path)
     unknown = set(settings) - set(MANIFEST_FIELDS)
+    for kind, fields in (classes or {}).items():
+        unknown |= {f"{kind}.{name}" for name in set(fields) - set(CLASS_FIELDS)}
+        if kind not in IMAGE_CLASSES:
+            unknown.add(kind)
     if unknown:
         raise ValueError(f"not post-processing fields: {sorted(unknown)}")
     meta = {k: v for k, v in manifest.items() if k not in ("manifest_version", "files")}
-    chosen = {name: settings[name] for name in MANIFEST_FIELDS if name in settings}
+    chosen: dict[str, Any] = {name: settings[name] for name in MANIFEST_FIELDS if name in settings}
+    if classes:
+        chosen[CLASSES_KEY] = {kind: dict(fields) for kind, fields in classes.items()}
     meta["postprocess"] = {**chosen, POSTPROCESS_NOTE: note}
     return write_manifest(directory, manifest["files"], meta)
 
 
 __all__ = [
-    "file_entry", "manifest_beside", "postprocess_settings", "read_manifest", "sha256_file", "store_postprocess",
-    "verify_model", "write_manifest",
+    "class_settings", "file_entry", "manifest_beside", "postprocess_settings", "read_manifest", "sha256_file",
+    "store_postprocess", "verify_model", "write_manifest",
 ]

@@ -162,6 +162,17 @@ def is_fluorescence(rgb_u8: np.ndarray, cfg: InferenceConfig) -> bool:
     return grey and float(np.median(channels[0])) < cfg.fluorescence_grey_median
 
 
+def image_class(rgb_u8: np.ndarray, cfg: InferenceConfig) -> str:
+    """Which kind of image (`IMAGE_CLASSES`) a normalised image is: "stained" when all three channels carry
+    different signals (colour stains; the channel rule keeps only those as three channels), "fluorescence" by
+    `is_fluorescence`, else "grey"."""
+    channels = [sample(rgb_u8[..., c], SIGNAL_SAMPLE_PIXELS) for c in range(3)]
+    filled = all(bool(c.any()) for c in channels)
+    if filled and not (np.array_equal(channels[0], channels[1]) and np.array_equal(channels[1], channels[2])):
+        return "stained"
+    return "fluorescence" if is_fluorescence(rgb_u8, cfg) else "grey"
+
+
 def read_normalized(path: Path | str, max_pixels: int, cfg: InferenceConfig) -> np.ndarray:
     """Any supported file -> normalised uint8 H×W×3, exactly as `predict` prepares it (for training and tuning)."""
     return normalize(to_rgb(read_image(path, max_pixels)), cfg)

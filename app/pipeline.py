@@ -25,7 +25,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -34,7 +34,7 @@ from app import extras as extra_outputs
 from app.config import CHALLENGE, EXTRA_SUFFIXES, InferenceConfig
 from app.diameter import choose_scales, describe_scale_rule, size_estimate
 from app.errors import InputError
-from app.normalize import is_fluorescence, normalize, to_rgb
+from app.normalize import image_class, normalize, to_rgb
 from app.plan import Planner, describe
 from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
@@ -52,7 +52,7 @@ OWN_STAGES = ("read", "normalise", "estimate", "plan")
 WRITE_STAGE = "write"
 # The columns of --measure and the extras come last, so every earlier column keeps its place.
 REPORT_COLUMNS = (
-    "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence",
+    "image", "output", "status", "message", "height", "width", "channels", "dtype", "fluorescence", "image_class",
     "diameter", "size_source", "scales", "stride", "flips", "plan", "cells", "seconds", "startup_s", "tolerance_s",
     "penalised_s",
     "median_area", "median_diameter", "extras",
@@ -87,9 +87,12 @@ def process_image(
     row: dict[str, Any],
     timings: dict[str, float],
     extras: Collection[str] = (),
+    classes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Read → to_rgb → normalise → plan → segment → write one image, filling `row` and `timings` as it goes;
-    then the requested `extras` (names of `EXTRA_SUFFIXES`) beside the label file (`write_extras`)."""
+    then the requested `extras` (names of `EXTRA_SUFFIXES`) beside the label file (`write_extras`). `classes`:
+    the instance thresholds of kinds of image tuned apart (`image_class`), used for segmenting this image when it
+    is of one of those kinds (the size estimate keeps the common thresholds, as `app tune` does)."""
     with timed(timings, "read"):
         image = read_image(path, cfg.max_pixels)
     height, width = image.shape[:2]
@@ -100,8 +103,9 @@ def process_image(
         del image
         image_u8 = normalize(rgb, cfg)
         del rgb
-        fluorescence = is_fluorescence(image_u8, cfg)
-    row["fluorescence"] = fluorescence
+        kind = image_class(image_u8, cfg)
+        fluorescence = kind == "fluorescence"
+    row.update(fluorescence=fluorescence, image_class=kind)
 
     t0 = time.perf_counter()
     size = size_estimate(image_u8, runner, cfg, planner.estimate_allowed(height, width))
@@ -113,7 +117,7 @@ def process_image(
     row.update(scales="/".join(f"{s:g}" for s in plan.scales), stride=plan.stride, flips=plan.flips,
                plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
-    labels = segment(image_u8, runner, plan, cfg, timings)
+    labels = segment(image_u8, runner, plan, cfg.with_overrides(**(classes or {}).get(kind, {})), timings)
     # A whole slide's normalised image is 300 MB: kept only for the extras that read it.
     kept = image_u8 if extra_outputs.NEEDS_IMAGE.intersection(extras) else None
     del image_u8
@@ -287,6 +291,7 @@ def run_image(
     extras: Collection[str],
     claimed: dict[str, str],
     startup: float,
+    classes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """`process_image` of one input with every failure caught: its report row, with the seconds, the
     tolerance and (when written) the penalised time. `claimed` maps output names to the inputs that took them,
@@ -299,7 +304,7 @@ def run_image(
         if name in claimed:
             raise InputError(path, f"output name {name} is already taken by {claimed[name]}; not overwriting")
         claimed[name] = path.name
-        process_image(path, output_dir / name, runner, planner, cfg, row, timings, extras)
+        process_image(path, output_dir / name, runner, planner, cfg, row, timings, extras, classes)
     except InputError as exc:
         row.update(status="error", message=str(exc), output="")
     except Exception as exc:  # noqa: BLE001 - one image must not stop the others; reported, not hidden
@@ -323,9 +328,11 @@ def run_folder(
     report: Path | str | None = None,
     *,
     extras: Collection[str] = (),
+    classes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> int:
     """Segment every image of `input_dir` into `output_dir`; return the exit code (0 all written, 1 some image or
-    requested extra failed). `extras`: names of `EXTRA_SUFFIXES` to write beside each label file.
+    requested extra failed). `extras`: names of `EXTRA_SUFFIXES` to write beside each label file; `classes`: the
+    instance thresholds of kinds of image tuned apart (the manifest's `postprocess.classes`).
 
     Raises `SetupError` for folder problems, unknown extras and `app.errors.ModelError` for a model that cannot
     be used, all before any image is processed. Logs one INFO line per written image, an ERROR line per failure.
@@ -342,8 +349,10 @@ def run_folder(
         f"model {runner.path.name} on {runner.provider} ({runner.precision}); start-up {startup:.2f} s; "
         f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
         f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area} "
-        f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}; {describe_scale_rule(cfg)}; "
-        f"{len(images)} image(s)"
+        f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}"
+        + "".join(f"; {kind} images " + " ".join(f"{k} {v:g}" for k, v in fields.items())
+                  for kind, fields in (classes or {}).items())
+        + f"; {describe_scale_rule(cfg)}; {len(images)} image(s)"
     )
 
     rows: list[dict[str, Any]] = []
@@ -351,7 +360,7 @@ def run_folder(
     failed = extras_failed = 0
     try:
         for path in tqdm(images, disable=None, file=sys.stderr, unit="image", leave=False):
-            row = run_image(path, output_dir, runner, planner, cfg, extras, claimed, startup)
+            row = run_image(path, output_dir, runner, planner, cfg, extras, claimed, startup, classes)
             if row["status"] == "ok":
                 log.info(log_line(row))
                 for failure in row.get("_extra_failures", ()):

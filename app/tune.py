@@ -7,23 +7,29 @@ help depends on the network too. The model runs once per image at MT2's scales w
 the grid (the expensive part; the views of fewer flips are a prefix of them), then every combination of the
 grid is fused, post-processed and scored with the challenge F1, one image at a time so that only one image's
 maps are held. The best combination can be stored in the weights' manifest, where `predict` picks it up.
+
+Kinds of image (colour stains, fluorescence, other grey; `app.normalize.image_class`) may want other instance
+thresholds than the common best: `class_choices` picks each kind's best setting among those with the common
+views and fusion, and keeps it only when it also wins on the kind's images it was not chosen on (two halves,
+each chosen on one and scored on the other) by more than the noise of that comparison.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
+from app.config import CLASS_FIELDS, IMAGE_CLASSES, POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.diameter import choose_scales, size_estimate
 from app.errors import InputError
 from app.infer import Plan, Runner, fuse, restore_size, scale_views
 from app.metric import image_scores, read_labels
-from app.normalize import is_fluorescence, read_normalized
+from app.normalize import image_class, is_fluorescence, read_normalized
 from app.postprocess import drop_small_cells, instance_map
 
 # (cell, boundary) map pairs at the scale's size: one tuple per scale, one pair per flipped view.
@@ -38,6 +44,7 @@ class Views:
     truth: np.ndarray
     per_scale: ScaleViews
     view_scale: float = 1.0  # the plan's model pixels per image pixel (`Plan.view_scale`)
+    kind: str = "grey"  # `image_class` of the image
 
     def fused(self, flips: int, fusion: str) -> tuple[np.ndarray, np.ndarray]:
         """The maps `predict` computes with `flips` views and `fusion` (the same operations, in the same order)."""
@@ -51,6 +58,7 @@ class Scored:
 
     name: str
     f1: np.ndarray
+    kind: str = "grey"  # `image_class` of the image
 
 
 @dataclass(frozen=True)
@@ -63,13 +71,14 @@ class Trial:
 
 def image_views(
     image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int
-) -> tuple[ScaleViews, float, tuple[int, int]]:
+) -> tuple[ScaleViews, float, tuple[int, int], str]:
     """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
-    says), per scale and per flipped view at the scale's size; the plan's `view_scale`; the image's shape."""
+    says), per scale and per flipped view at the scale's size; the plan's `view_scale`; the image's shape; its
+    kind (`image_class`)."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
     scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
     per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
-    return per_scale, Plan(scales, cfg.stride).view_scale, rgb_u8.shape[:2]
+    return per_scale, Plan(scales, cfg.stride).view_scale, rgb_u8.shape[:2], image_class(rgb_u8, cfg)
 
 
 def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
@@ -130,15 +139,15 @@ def collect_scores(
     for image_path, label_path in pairs:
         try:
             truth = read_labels(label_path)
-            per_scale, view_scale, shape = image_views(image_path, runner, cfg, flips)
+            per_scale, view_scale, shape, kind = image_views(image_path, runner, cfg, flips)
         except (InputError, OSError, ValueError) as exc:
             on_error(f"{image_path.name}: {exc}")
             continue
         if truth.shape != shape:
             on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {shape}")
             continue
-        views = Views(image_path.stem, truth, per_scale, view_scale)
-        scored.append(Scored(image_path.stem, score_views(views, candidates, cfg)))
+        views = Views(image_path.stem, truth, per_scale, view_scale, kind)
+        scored.append(Scored(image_path.stem, score_views(views, candidates, cfg), kind))
     return scored
 
 
@@ -149,6 +158,59 @@ def rank(candidates: list[dict[str, Any]], scored: list[Scored]) -> list[Trial]:
     means = np.mean([s.f1 for s in scored], axis=0)
     trials = [Trial(settings, float(f1)) for settings, f1 in zip(candidates, means)]
     return sorted(trials, key=lambda trial: -trial.f1)
+
+
+@dataclass(frozen=True)
+class ClassChoice:
+    """A kind of image's own best thresholds against the common setting, and whether they are kept."""
+
+    kind: str
+    images: int
+    settings: dict[str, Any]  # the `CLASS_FIELDS` of the kind's best candidate
+    common_f1: float  # mean F1 of the kind's images under the common best setting
+    own_f1: float  # ... under the kind's best (chosen on all of them: optimistic)
+    held_out_gain: float  # mean per-image gain on the half each choice was not made on
+    noise: float  # standard error of those per-image gains
+    kept: bool
+
+
+def class_choices(
+    candidates: list[dict[str, Any]], scored: list[Scored], best: dict[str, Any], grid: TuneGrid = TuneGrid()
+) -> list[ClassChoice]:
+    """For each kind of image with at least `grid.class_min_images` scored images: its best thresholds among the
+    candidates with `best`'s views and fusion, kept when the gain they bring on held-out images (the kind's
+    images split alternately in two halves; each half's choice scored on the other) is positive and above
+    `grid.class_noise` standard errors."""
+    common = candidates.index(best)
+    same = [i for i, c in enumerate(candidates)
+            if c["flips"] == best["flips"] and c["fusion"] == best["fusion"]]
+    choices = []
+    for kind in IMAGE_CLASSES:
+        f1 = np.array([s.f1 for s in scored if s.kind == kind])
+        if len(f1) < grid.class_min_images:
+            continue
+        halves = (f1[0::2], f1[1::2])
+        gains = np.concatenate([
+            halves[1 - h][:, pick] - halves[1 - h][:, common]
+            for h in (0, 1)
+            for pick in [same[int(np.argmax(halves[h][:, same].mean(axis=0)))]]
+        ])
+        noise = float(gains.std(ddof=1) / math.sqrt(len(gains)))
+        gain = float(gains.mean())
+        own = same[int(np.argmax(f1[:, same].mean(axis=0)))]
+        choices.append(ClassChoice(
+            kind, len(f1), {name: candidates[own][name] for name in CLASS_FIELDS}, float(f1[:, common].mean()),
+            float(f1[:, own].mean()), gain, noise, gain > 0 and gain > grid.class_noise * noise and own != common,
+        ))
+    return choices
+
+
+def choice_line(choice: ClassChoice) -> str:
+    """One line of `app tune` per kind of image: its own thresholds, the gains, the verdict."""
+    fields = " ".join(f"{name} {value:g}" for name, value in choice.settings.items())
+    verdict = "kept" if choice.kept else "not kept (within noise)"
+    return (f"{choice.kind} ({choice.images} images): common {choice.common_f1:.4f}, own {choice.own_f1:.4f} "
+            f"with {fields}; held-out gain {choice.held_out_gain:+.4f} ± {choice.noise:.4f}: {verdict}")
 
 
 def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) -> list[str]:
@@ -166,6 +228,6 @@ def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) 
 
 
 __all__ = [
-    "Scored", "Trial", "Views", "candidate_settings", "collect_scores", "current_settings", "grid_settings",
-    "image_views", "rank", "score_views", "trials_table",
+    "ClassChoice", "Scored", "Trial", "Views", "candidate_settings", "choice_line", "class_choices", "collect_scores",
+    "current_settings", "grid_settings", "image_views", "rank", "score_views", "trials_table",
 ]

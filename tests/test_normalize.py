@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.config import InferenceConfig
-from app.normalize import channel_range, is_fluorescence, normalize, sample, to_rgb
+from app.normalize import channel_range, image_class, is_fluorescence, normalize, sample, to_rgb
 
 CFG = InferenceConfig()
 
@@ -184,3 +184,20 @@ def test_grey_fluorescence_is_a_dark_background_with_bright_objects() -> None:
     assert not is_fluorescence(bright, CFG)
     colour = np.stack([_discs(220, 120, 1), _discs(200, 60, 1), _discs(230, 150, 1)], axis=2)
     assert not is_fluorescence(normalize(to_rgb(colour), CFG), CFG)
+
+
+def test_image_classes_follow_the_channel_rule() -> None:
+    rng = np.random.default_rng(3)
+    dark = np.zeros((64, 64), np.uint8)
+    dark[20:30, 20:30] = 200  # bright objects on a dark background
+    bright = rng.integers(90, 200, (64, 64)).astype(np.uint8)  # mid-grey background: phase contrast, DIC
+    a, b = rng.integers(1, 255, (2, 64, 64)).astype(np.uint8)
+    cases = {
+        "stained": np.stack([a, b, a // 2 + b // 2], axis=2),  # three signals: colour stains
+        "fluorescence": np.stack([np.zeros_like(a), a, b], axis=2),  # two signals, red empty
+        "grey": np.stack([bright] * 3, axis=2),
+    }
+    for kind, image in cases.items():
+        assert image_class(normalize(to_rgb(image), CFG), CFG) == kind
+    dark_rgb = normalize(to_rgb(dark), CFG)
+    assert image_class(dark_rgb, CFG) == "fluorescence" and is_fluorescence(dark_rgb, CFG)

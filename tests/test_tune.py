@@ -15,7 +15,7 @@ from app.cli import cli
 from app.config import POSTPROCESS_FIELDS, InferenceConfig, TuneGrid
 from app.errors import ModelError
 from app.infer import Plan, predict_maps
-from app.manifest import postprocess_settings, store_postprocess, verify_model, write_manifest
+from app.manifest import class_settings, postprocess_settings, store_postprocess, verify_model, write_manifest
 from app.metric import image_scores
 from app.normalize import read_normalized
 from app.postprocess import instance_map
@@ -25,6 +25,7 @@ from app.tune import (
     Scored,
     Views,
     candidate_settings,
+    class_choices,
     collect_scores,
     grid_settings,
     image_views,
@@ -158,7 +159,7 @@ def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, sca
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
     cfg = InferenceConfig(flips=4, fusion="mean", scale_mode=mode.split("-")[0], min_seed_area=4,
                           fluorescence_grey_median=0.0 if mode == "fixed-grey" else 50.0)
-    per_scale, view_scale, shape = image_views(path, runner, cfg, flips=4)
+    per_scale, view_scale, shape, _ = image_views(path, runner, cfg, flips=4)
     assert shape == SHAPE
     views = Views("a", np.zeros(SHAPE), per_scale, view_scale)
     image = read_normalized(path, cfg.max_pixels, cfg)
@@ -266,6 +267,72 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     diameter, scales = float(row[header.index("diameter")]), row[header.index("scales")].split("/")
     target = 14.0 if row[header.index("fluorescence")] == "True" else 12.0
     assert float(scales[1]) == pytest.approx(target / diameter, rel=0.01)  # predict takes the manifest's target
+
+
+def _scored(kind: str, common: list[float], other: list[float]) -> list[Scored]:
+    return [Scored(f"{kind}{i}", np.array([c, o]), kind) for i, (c, o) in enumerate(zip(common, other))]
+
+
+def test_a_kind_of_image_keeps_its_own_thresholds_only_beyond_noise() -> None:
+    base = {"flips": 1, "fusion": "mean", "cell_threshold": 0.1, "seed_threshold": 0.5, "min_seed_area": 16,
+            "seed_split_height": 0.15, "min_area_ratio": 0.2}
+    candidates = [base, {**base, "cell_threshold": 0.3}]
+    rng = np.random.default_rng(0)
+    common = list(rng.uniform(0.6, 0.8, 12))
+    scored = (
+        _scored("stained", common, [c + 0.05 for c in common])  # the other setting wins on every image
+        + _scored("fluorescence", common, [c + (0.08 if i % 2 else -0.08) for i, c in enumerate(common)])  # noise
+        + _scored("grey", common[:4], [c + 0.2 for c in common[:4]])  # too few images to judge
+    )
+    choices = {c.kind: c for c in class_choices(candidates, scored, base, TuneGrid())}
+    assert set(choices) == {"stained", "fluorescence"}
+    stained, fluorescence = choices["stained"], choices["fluorescence"]
+    assert stained.kept and stained.settings["cell_threshold"] == 0.3
+    assert stained.held_out_gain == pytest.approx(0.05) and stained.own_f1 > stained.common_f1
+    assert not fluorescence.kept  # half the images gain, half lose: the held-out gain is not beyond its noise
+    assert "cell_threshold" in stained.settings and "flips" not in stained.settings
+
+
+def test_class_thresholds_round_trip_and_apply_to_their_kind_only(tmp_path: Path, weights: Path) -> None:
+    tuned = {"flips": 1, "fusion": "mean", "cell_threshold": 0.2, "seed_threshold": 0.5, "min_seed_area": 8,
+             "seed_split_height": 0.0, "min_area_ratio": 0.0}
+    store_postprocess(weights, tuned, "test", {"fluorescence": {"min_seed_area": 4000}})
+    assert class_settings(weights) == {"fluorescence": {"min_seed_area": 4000}}
+    assert postprocess_settings(weights) == tuned
+    data = labelled_folder(tmp_path / "data", count=1)  # bright discs on black: fluorescence
+    out = tmp_path / "out"
+    predict = ["predict", "--input", str(data / "images"), "--output", str(out), "--model", str(weights),
+               "--device", "cpu", "--threads", "1", "--budget", "none", "--report", str(tmp_path / "r.csv")]
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 0, result.output
+    assert "fluorescence images min_seed_area 4000" in result.stdout
+    assert not tifffile.imread(out / "cell_00001_label.tiff").any()  # the kind's own S_min drops every disc
+    assert ",fluorescence," in (tmp_path / "r.csv").read_text()
+    result = CliRunner().invoke(cli, [*predict, "--min-seed-area", "8"])  # the command line still wins
+    assert result.exit_code == 0 and tifffile.imread(out / "cell_00001_label.tiff").any()
+    store_postprocess(weights, tuned, "test", {"stained": {"min_seed_area": 4000}})
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 0 and tifffile.imread(out / "cell_00001_label.tiff").any()  # another kind's
+    with pytest.raises(ValueError, match="not post-processing fields"):
+        store_postprocess(weights, tuned, "test", {"stained": {"flips": 2}})
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [
+        ([1], "must be a table"),
+        ({"tissue": {}}, "not a table of a known kind"),
+        ({"grey": {"fusion": "max"}}, "cannot set fusion"),
+        ({"grey": {"min_area_ratio": 2.0}}, "min_area_ratio"),
+    ],
+)
+def test_damaged_class_table_is_a_model_error(weights: Path, classes, message: str) -> None:
+    path = weights / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["postprocess"] = {"classes": classes}
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        class_settings(weights)
 
 
 def test_tune_without_labelled_images_or_manifest_fails_clearly(tmp_path: Path) -> None:
