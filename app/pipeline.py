@@ -276,7 +276,12 @@ def prepare_run(
     except OSError as exc:
         raise SetupError(f"input folder {inputs} cannot be listed ({exc.strerror or exc})") from exc
     for entry in skipped:
-        log.warning("skipped %s: %s", entry.name, skip_reason(entry))
+        # Sub-folders (labels/ beside images/, earlier outputs) and hidden files are normal in a data folder:
+        # said only with --verbose. A file of another type, or a folder named like an image, is worth a warning.
+        usual = entry.name.startswith(".") or (
+            entry.is_dir() and entry.suffix.lower() not in CHALLENGE.image_extensions
+        )
+        log.log(logging.DEBUG if usual else logging.WARNING, "skipped %s: %s", entry.name, skip_reason(entry))
     if not images:
         log.warning(f"no images in {inputs} (extensions read: {' '.join(CHALLENGE.image_extensions)})")
     return inputs, outputs, report_path, images

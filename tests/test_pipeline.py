@@ -112,6 +112,8 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
     iio.imwrite(src / "huge.png", np.zeros((400, 500), np.uint8))
     (src / "notes.txt").write_text("not an image")
     iio.imwrite(src / ".hidden.png", _discs())
+    (src / "labels").mkdir()  # a label folder beside the images is normal: no warning
+    (src / "folder.png").mkdir()  # a folder named like an image is worth one
     tifffile.imwrite(src / "good.tiff", _discs())  # same output name as good.png: an error, never an overwrite
     out = tmp_path / "out"
     out.mkdir()
@@ -133,12 +135,13 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_is_written(tmp_path: 
         "good.tiff": "already taken by good.png",
         "blocked.png": "IsADirectoryError",
         "notes.txt": "skipped notes.txt",
-        ".hidden.png": "skipped .hidden.png: hidden file",
+        "folder.png": "skipped folder.png: not a regular file",
     }
     for name, reason in expected.items():
         hits = [line for line in lines if name in line and "\n" not in line]
         assert len(hits) == 1, (name, lines)
         assert reason in hits[0], (name, hits[0])
+    assert not [line for line in lines if ".hidden.png" in line or "skipped labels" in line]
     rows = _report(out)
     assert {n for n, r in rows.items() if r["status"] == "error"} == {
         "zero.png", "truncated.png", "corrupt.tif", "shape.tif", "huge.png", "good.tiff", "blocked.png"
