@@ -186,8 +186,12 @@ def evaluate(gt_dir: str, pred_dir: str, csv_path: str | None) -> None:
                    "manifest's, else the app's]")
 @click.option("--scale-mode", type=click.Choice(["adaptive", "fixed"]), default="adaptive", show_default=True,
               help="Scales the maps are computed at, as predict would choose them.")
+@click.option("--grid", "grid_values", multiple=True, metavar="FIELD=V1,V2,...",
+              help="Replace one axis of the search grid (app/config.py TuneGrid), e.g. --grid flips=4 "
+                   "--grid cell_thresholds=0.1,0.2; repeatable.")
 def tune(data_dir: str, model: str | None, limit: int | None, write: bool, device: str, threads: int,
-         target_diameter: float | None, fluorescence_target_diameter: float | None, scale_mode: str) -> None:
+         target_diameter: float | None, fluorescence_target_diameter: float | None, scale_mode: str,
+         grid_values: tuple[str, ...]) -> None:
     """Choose flipped views, scale fusion, T_cell, T_seed, S_min, seed split and S_rel for a model on labelled
     images (never the images you report F1 on).
 
@@ -212,6 +216,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         class_choices,
         collect_scores,
         current_settings,
+        parse_grid,
         rank,
         trials_table,
     )
@@ -234,7 +239,11 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, **targets})
     click.echo(describe_scale_rule(cfg), err=True)
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
-    candidates = candidate_settings(base)
+    try:
+        grid = parse_grid(grid_values)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    candidates = candidate_settings(base, grid)
     scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,
                             on_error=lambda message: click.echo(f"skipped {message}", err=True))
     if not scored:
@@ -245,7 +254,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     best = trials[0]
     click.echo("best: " + " ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in best.settings.items())
                + f" (mean F1 {best.f1:.4f} over {len(scored)} images)")
-    choices = class_choices(candidates, scored, best.settings)
+    choices = class_choices(candidates, scored, best.settings, grid)
     for choice in choices:
         click.echo(choice_line(choice))
     kept = {choice.kind: choice.settings for choice in choices if choice.kept}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -79,6 +79,26 @@ def image_views(
     scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
     per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
     return per_scale, Plan(scales, cfg.stride).view_scale, rgb_u8.shape[:2], image_class(rgb_u8, cfg)
+
+
+def parse_grid(values: Iterable[str], grid: TuneGrid = TuneGrid()) -> TuneGrid:
+    """`grid` with axes replaced by "field=v1,v2" texts (the values typed like the field's); ValueError names a
+    bad one."""
+    changes: dict[str, Any] = {}
+    for text in values:
+        name, _, raw = text.partition("=")
+        name = name.strip()
+        if not hasattr(grid, name) or not raw:
+            raise ValueError(f"--grid {text}: expected FIELD=V1,V2,... with FIELD one of "
+                             f"{', '.join(f.name for f in fields(grid))}")
+        current = getattr(grid, name)
+        kind = type(current[0]) if isinstance(current, tuple) and current else type(current)
+        try:
+            parsed = tuple(kind(v.strip()) for v in raw.split(","))
+        except ValueError as exc:
+            raise ValueError(f"--grid {text}: {exc}") from None
+        changes[name] = parsed if isinstance(current, tuple) else parsed[0]
+    return replace(grid, **changes)
 
 
 def grid_settings(grid: TuneGrid) -> list[dict[str, Any]]:
@@ -229,5 +249,5 @@ def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) 
 
 __all__ = [
     "ClassChoice", "Scored", "Trial", "Views", "candidate_settings", "choice_line", "class_choices", "collect_scores",
-    "current_settings", "grid_settings", "image_views", "rank", "score_views", "trials_table",
+    "current_settings", "grid_settings", "image_views", "parse_grid", "rank", "score_views", "trials_table",
 ]

@@ -346,3 +346,15 @@ def test_tune_without_labelled_images_or_manifest_fails_clearly(tmp_path: Path) 
     assert result.exit_code != 0 and "has a label file" in result.output
     result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(model), "--device", "cpu", "--write"])
     assert result.exit_code != 0 and "no manifest.json" in result.output
+
+
+def test_grid_axes_can_be_replaced_from_the_command_line() -> None:
+    from app.tune import parse_grid
+
+    grid = parse_grid(["flips=4", "cell_thresholds=0.1,0.2", "class_min_images=10"])
+    assert grid.flips == (4,) and grid.cell_thresholds == (0.1, 0.2) and grid.class_min_images == 10
+    assert grid.fusions == TuneGrid().fusions
+    with pytest.raises(ValueError, match="FIELD one of"):
+        parse_grid(["no_such_axis=1"])
+    with pytest.raises(ValueError, match="min_seed_areas=a"):
+        parse_grid(["min_seed_areas=a"])
