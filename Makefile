@@ -4,8 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 INPUT  ?= samples
 OUTPUT ?= out
+# The GPU kit (docs/TRAINING.md, "Training on a GPU with the kit"): where it goes and what it packs.
+GPU_KIT         ?= build/gpu-kit
+GPU_KIT_WORKERS ?= 2
+REAL_TRAIN      ?= data/real/train
+SYNTH_TRAIN     ?= data/ship_train
 
-.PHONY: demo test system-deps clean
+.PHONY: demo test system-deps clean gpu-kit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +42,14 @@ test: system-deps $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# Everything a training run on a CUDA machine without network needs besides the repository: the long preset's
+# training pool (real folders packed, the synthetic folder as its generator recipe), the wheels, a manifest.
+gpu-kit: $(VENV)/.dev-installed
+	$(BIN)/python -m training.gpu_kit pack --out $(GPU_KIT) --workers $(GPU_KIT_WORKERS) \
+		--data $(REAL_TRAIN)/dsb2018_fluorescence --data $(REAL_TRAIN)/dsb2018_stained \
+		--data $(REAL_TRAIN)/usiigaci_phase --synthetic $(SYNTH_TRAIN) --synth-seed 2026 --synth-size 256 640
+	@echo "on the CUDA machine, from the repository root: sh scripts/gpu_run.sh $(GPU_KIT) OUT_DIR"
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache
