@@ -148,7 +148,7 @@ def test_cli_fine_tunes_an_exported_model(exported, tmp_path) -> None:
     assert started["file"] == "tiny.onnx" and started["sha256"] == sha256_file(path)
     assert started["parity"] <= PARITY_LIMIT
     result = CliRunner().invoke(cli, [*args[:-2], "--resume", str(run), "--init-onnx", str(path)])
-    assert result.exit_code != 0 and "--init-onnx starts a new run" in result.output
+    assert result.exit_code != 0 and "--resume and --init-onnx name different starting points" in result.output
     # A resumed run keeps the record of where it started.
     result = CliRunner().invoke(cli, ["train", "--data", str(data), "--resume", str(run), "--epochs", "2"])
     assert result.exit_code == 0, result.output

@@ -620,7 +620,7 @@ def _train(
         nonlocal last_saved
         stopping = step >= end
         due = time.monotonic() - last_saved >= cfg.runtime.checkpoint_minutes * 60
-        if (stopping or due) and place.main:
+        if (due or (stopping and end < total_steps)) and place.main:
             at.step, at.epoch_step = step, first + done
             if at.epoch_step < steps:  # the end of the epoch writes its own checkpoint
                 save_checkpoint(out_dir / LAST, payload())
@@ -649,7 +649,7 @@ def _train(
                                         scaler, cfg, device, at.step, epoch_steps, bar, after_step)
         bar.close()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        if first + done < steps:  # stopped inside the epoch (`stop_at`): its checkpoint is written
+        if first + done < steps and at.step < total_steps:  # stopped inside the epoch (`stop_at`): saved already
             break
         at.epoch, at.epoch_step = at.epoch + 1, 0
         last_epoch = at.epoch >= cfg.schedule.epochs or at.step >= total_steps
