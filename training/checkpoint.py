@@ -7,15 +7,29 @@ is a full unpickle: load only checkpoints you made or trust.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from app.writer import write_atomic
+from training.config import TrainConfig
 from training.model import ModelConfig, MT2Net
 
 WHICH = ("teacher", "student")
+
+
+def network_state(net: nn.Module, teacher: nn.Module | None, cfg: TrainConfig) -> dict[str, Any]:
+    """The part of every checkpoint that rebuilds the networks: weights, model config, preset and whole config."""
+    return {
+        "student": net.state_dict(),
+        "teacher": teacher.state_dict() if teacher is not None else None,
+        "model_config": asdict(cfg.model),
+        "preset": cfg.preset,
+        "config": cfg.to_dict(),
+    }
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -64,4 +78,4 @@ def network_from_checkpoint(ckpt: dict[str, Any], which: str = "teacher") -> tup
     return net.eval(), used, notice
 
 
-__all__ = ["WHICH", "load_checkpoint", "network_from_checkpoint", "save_checkpoint"]
+__all__ = ["WHICH", "load_checkpoint", "network_from_checkpoint", "network_state", "save_checkpoint"]

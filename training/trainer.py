@@ -39,7 +39,7 @@ from app.infer import Plan, predict_maps
 from app.logs import silence
 from app.manifest import sha256_file
 from training.augment import apply_cutmix, base_scale, cutmix_boxes
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, network_state, save_checkpoint
 from training.config import RuntimeConfig, TrainConfig
 from training.data import (
     EpochSampler,
@@ -578,11 +578,7 @@ def _train(
 
     def payload() -> dict[str, Any]:
         return {
-            "student": net.state_dict(),
-            "teacher": teacher.state_dict() if teacher is not None else None,
-            "model_config": asdict(cfg.model),
-            "preset": cfg.preset,
-            "config": cfg.to_dict(),
+            **network_state(net, teacher, cfg),
             "epoch": at.epoch,
             "step": at.step,
             "epoch_step": at.epoch_step,

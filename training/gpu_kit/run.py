@@ -39,7 +39,7 @@ from app.config import CONTRACT
 from app.manifest import sha256_file
 from app.writer import write_text
 from training.augment import apply_cutmix, cutmix_boxes
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, network_state, save_checkpoint
 from training.config import TrainConfig, load_config
 from training.data import sampling_probabilities, steps_per_epoch
 from training.gpu_kit.gpu_augment import labelled_batch, unlabelled_batch
@@ -339,11 +339,7 @@ def train(options: RunOptions) -> dict[str, Any]:
 
     def payload() -> dict[str, Any]:
         return {
-            "student": net.state_dict(),
-            "teacher": teacher.state_dict() if teacher is not None else None,
-            "model_config": asdict(cfg.model),
-            "preset": cfg.preset,
-            "config": cfg.to_dict(),
+            **network_state(net, teacher, cfg),
             "epoch": int(step * cfg.schedule.batch_size // max(len(labelled), 1)),
             "step": step,
             "epoch_step": 0,
