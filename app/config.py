@@ -101,6 +101,28 @@ class InferenceConfig:
     tile_size: int = _opt(4096, "core side of a whole-slide tile in pixels")
     tile_halo: int = _opt(256, "context around each whole-slide tile in pixels")
     tile_workers: int = _opt(1, "threads post-processing tiles while the model runs (0: none)")
+    slide_threshold_pixels: int = _opt(150_000_000, "tiled TIFFs (BigTIFF, OME-TIFF, pyramidal) with more pixels "
+                                       "are streamed from the file tile by tile, with no pixel cap (0: every "
+                                       "tiled TIFF); other images keep the in-memory path")
+    slide_tile_size: int = _opt(768, "core side of a streamed slide's tiles in pixels")
+    slide_tile_halo: int = _opt(128, "context around each streamed tile in pixels")
+    slide_overview_pixels: int = _opt(4_000_000, "pixels of a streamed slide's overview (a pyramid level, or a "
+                                      "decimated read), which finds the tissue and sets the normalisation")
+    slide_tissue_contrast: float = _opt(20.0, "an overview pixel is tissue when a normalised channel differs this "
+                                        "much (0..255) from the glass; tiles without tissue are written as "
+                                        "background without running the model (0: segment every tile)")
+    slide_write_tile: int = _opt(256, "tile side of a streamed slide's label BigTIFF (a multiple of 16)")
+    slide_pyramid_levels: int = _opt(0, "sub-resolution levels (0-4, each half the previous) written into a "
+                                     "streamed slide's label BigTIFF")
+    slide_threads: int = _opt(2, "tiles of a streamed slide in flight at once on the threaded scheduler (the model "
+                              "takes one at a time; the others are read and post-processed meanwhile)")
+    slide_resume: bool = _opt(True, "continue a streamed slide from the progress record an interrupted run left "
+                              "beside its output, when input, model and settings are the same")
+    scheduler: str = _opt("threads", "where a streamed slide's tiles run: threads (in this process), or the address "
+                          "of a running dask.distributed scheduler (tcp://host:8786), whose workers must see the "
+                          "input and output folders")
+    workers: int = _opt(0, "start a local Dask cluster of this many worker processes for streamed slides "
+                        "(0: --scheduler decides)")
     budget: str = _opt("auto", "time budget per image: auto (challenge tolerance), none, or seconds")
     budget_safety: float = _opt(0.75, "fraction of the budget the planner may fill")
     device: str = _opt("auto", "auto (CUDA + fp16 when available, else CPU + fp32), cuda or cpu")
@@ -126,6 +148,16 @@ class InferenceConfig:
             raise ValueError("seed_split_height and seed_split_sigma must be >= 0, min_area_ratio in [0, 1)")
         if self.overlay_max_side < 0:
             raise ValueError("overlay_max_side must be >= 0")
+        if self.slide_tile_size <= 0 or self.slide_tile_halo < 0 or self.slide_overview_pixels <= 0:
+            raise ValueError("slide_tile_size and slide_overview_pixels must be > 0, slide_tile_halo >= 0")
+        if self.slide_write_tile <= 0 or self.slide_write_tile % 16:
+            raise ValueError("slide_write_tile must be a positive multiple of 16 (TIFF tiles)")
+        if self.slide_tissue_contrast < 0 or not 0 <= self.slide_pyramid_levels <= 4:
+            raise ValueError("slide_tissue_contrast must be >= 0 and slide_pyramid_levels in 0..4")
+        if self.slide_threads < 1 or self.workers < 0:
+            raise ValueError("slide_threads must be >= 1 and workers >= 0")
+        if self.workers > 0 and self.scheduler != "threads":
+            raise ValueError("give --workers (a local cluster) or --scheduler ADDRESS (a running one), not both")
 
     def with_overrides(self, **changes: Any) -> "InferenceConfig":
         """Copy with the given fields changed, ignoring None (unset command-line options)."""

@@ -13,6 +13,10 @@ class InputError(Exception):
         self.reason = reason
         super().__init__(f"{self.path.name}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:
+        # Rebuilt from (path, reason) when it crosses processes (a Dask worker's error reaching the pipeline).
+        return type(self), (self.path, self.reason)
+
 
 class ModelError(Exception):
     """The model file is missing, changed, or does not fit the app's model contract."""

@@ -211,8 +211,9 @@ def summary(table: dict[str, np.ndarray]) -> dict[str, float | int | str]:
     }
 
 
-def write_csv(handle: BinaryIO, table: dict[str, np.ndarray]) -> None:
-    """The table as CSV: integers as integers, other values with 4 decimals."""
+def write_csv(handle: BinaryIO, table: dict[str, np.ndarray], header: bool = True) -> None:
+    """The table as CSV: integers as integers, other values with 4 decimals (`header`: the column names first;
+    a streamed slide writes its tiles' tables one after the other)."""
     columns = list(table)
     formatted = [
         table[c].astype(np.int64).astype(str) if c in _INTEGER_COLUMNS else np.char.mod("%.4f", table[c])
@@ -220,7 +221,8 @@ def write_csv(handle: BinaryIO, table: dict[str, np.ndarray]) -> None:
     ]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
+    if header:
+        writer.writerow(columns)
     writer.writerows(zip(*formatted))
     handle.write(text.getvalue().encode("utf-8"))
 

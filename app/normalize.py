@@ -12,6 +12,7 @@ normalisation stays a small part of the run time, and the rescaling runs in row 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,10 @@ def same_signal(a: np.ndarray, b: np.ndarray) -> bool:
     return float(np.nanmax(np.abs(x - y))) <= SAME_SIGNAL_TOLERANCE * span
 
 
-def to_rgb(img: np.ndarray) -> np.ndarray:
-    """H×W×C (C in 1..4) to the H×W×3 layout the model is trained on (training reads through this too).
+def channel_sources(img: np.ndarray) -> tuple[int | None, int | None, int | None]:
+    """Which input channel each of the three output channels copies (None: left empty), by the channel rule.
 
-    The channel rule, in order:
+    The rule, in order:
     1. an alpha channel (the 4th) is dropped;
     2. a channel without signal (constant) is empty; channels holding the same picture count once;
     3. one distinct signal (grey, or the signal in any one channel, or grey stored as RGB) becomes grey: the
@@ -59,31 +60,52 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     4. two distinct signals with the other channel empty (2-channel files, RGB with one empty channel) keep their
        order and go to green and blue, red empty: cytoplasm + nuclei fluorescence as (first, second);
     5. anything else (three signals: colour stains, brightfield RGB) stays as it is.
+
+    Decided once per image, so a whole slide streamed tile by tile takes the decision of its overview
+    (`app.slides`) and every tile is laid out alike.
     """
     if img.ndim == 2:
         img = img[..., np.newaxis]
     channels = img.shape[2] if img.ndim == 3 else 0
     if channels not in (1, 2, 3, 4):
         raise ValueError(f"to_rgb expects H×W×C with C in 1..4, got shape {img.shape}")
-    if channels == 4:
-        img, channels = img[..., :3], 3
     if channels == 1:
-        return np.repeat(img, 3, axis=2)
+        return 0, 0, 0
+    channels = min(channels, 3)
     live = [c for c in range(channels) if has_signal(img[..., c])]
     distinct: list[int] = []
     for c in live:
         if not any(same_signal(img[..., c], img[..., d]) for d in distinct):
             distinct.append(c)
     if len(distinct) == 0:
-        return np.repeat(img[..., :1], 3, axis=2)
+        return 0, 0, 0
     if len(distinct) == 1:
-        return np.repeat(img[..., distinct[0] : distinct[0] + 1], 3, axis=2)
+        return distinct[0], distinct[0], distinct[0]
     if len(distinct) == 2 and len(live) == 2:
-        out = np.zeros(img.shape[:2] + (3,), dtype=img.dtype)
-        out[..., 1] = img[..., live[0]]
-        out[..., 2] = img[..., live[1]]
-        return out
-    return np.ascontiguousarray(img[..., :3])
+        return None, live[0], live[1]
+    return 0, 1, 2
+
+
+def apply_sources(img: np.ndarray, sources: Sequence[int | None]) -> np.ndarray:
+    """H×W×C to H×W×3 by `channel_sources`' decision: output channel k copies input channel sources[k] (None: 0)."""
+    if img.ndim == 2:
+        img = img[..., np.newaxis]
+    first = sources[0]
+    if first is not None and sources[1] == first and sources[2] == first:
+        return np.repeat(img[..., first : first + 1], 3, axis=2)
+    if tuple(sources) == (0, 1, 2):
+        return np.ascontiguousarray(img[..., :3])
+    out = np.zeros(img.shape[:2] + (3,), dtype=img.dtype)
+    for k, c in enumerate(sources):
+        if c is not None:
+            out[..., k] = img[..., c]
+    return out
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    """H×W×C (C in 1..4) to the H×W×3 layout the model is trained on (training reads through this too), by the
+    channel rule (`channel_sources`)."""
+    return apply_sources(img, channel_sources(img))
 
 
 def sample(channel: np.ndarray, max_pixels: int) -> np.ndarray:
@@ -114,11 +136,17 @@ def channel_range(channel: np.ndarray, cfg: InferenceConfig) -> tuple[float, flo
     return low, high
 
 
-def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
-    """H×W×3 of any numeric dtype to uint8 H×W×3: per channel, percentile range to 0..255, clipped.
+def channel_ranges(rgb: np.ndarray, cfg: InferenceConfig) -> tuple[tuple[float, float] | None, ...]:
+    """`channel_range` of each of the three channels of an H×W×3 image."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"normalize expects H×W×3, got shape {rgb.shape}")
+    return tuple(channel_range(rgb[..., c], cfg) for c in range(3))
 
-    Channels without signal become zeros; NaN and ±inf pixels become 0.
-    """
+
+def apply_ranges(rgb: np.ndarray, ranges: tuple[tuple[float, float] | None, ...]) -> np.ndarray:
+    """H×W×3 of any numeric dtype to uint8 H×W×3: each channel's (low, high) to 0..255, clipped; a channel
+    without a range (None) becomes zeros; NaN and ±inf pixels become 0. Rescaled in row chunks, so a large
+    image never exists whole in float."""
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"normalize expects H×W×3, got shape {rgb.shape}")
     height, width = rgb.shape[:2]
@@ -126,11 +154,10 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
     rows = max(1, CHUNK_PIXELS // max(1, width))
     exact32 = rgb.dtype.itemsize <= 2 or rgb.dtype == np.float32
     work: type[np.floating] = np.float32 if exact32 else np.float64
-    for c in range(3):
-        channel = rgb[..., c]
-        bounds = channel_range(channel, cfg)
+    for c, bounds in enumerate(ranges):
         if bounds is None:
             continue
+        channel = rgb[..., c]
         low, high = bounds
         gain = UINT8_MAX / (high - low)
         for top in range(0, height, rows):
@@ -143,6 +170,15 @@ def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
                 chunk[~np.isfinite(source)] = 0.0
             out[top : top + rows, :, c] = chunk.astype(np.uint8)
     return out
+
+
+def normalize(rgb: np.ndarray, cfg: InferenceConfig) -> np.ndarray:
+    """H×W×3 of any numeric dtype to uint8 H×W×3: per channel, percentile range to 0..255, clipped
+    (`channel_ranges`, then `apply_ranges`).
+
+    Channels without signal become zeros; NaN and ±inf pixels become 0.
+    """
+    return apply_ranges(rgb, channel_ranges(rgb, cfg))
 
 
 def is_fluorescence(rgb_u8: np.ndarray, cfg: InferenceConfig) -> bool:

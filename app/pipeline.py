@@ -25,7 +25,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 from tqdm import tqdm
@@ -39,6 +39,7 @@ from app.plan import Planner, describe
 from app.reader import list_inputs, read_image, skip_reason
 from app.runner import ModelRunner, resolve_model
 from app.segment import segment
+from app.slides.source import is_slide
 from app.timing import process_age, timed
 from app.tolerance import penalised, tolerance
 from app.writer import output_name, write_atomic, write_labels, write_text
@@ -57,6 +58,8 @@ REPORT_COLUMNS = (
     "penalised_s",
     "median_area", "median_diameter", "extras",
 )
+# Columns only a streamed slide fills (app/slides); a report without slides does not have them.
+SLIDE_COLUMNS = ("tissue_share", "tiles")
 
 
 class SetupError(Exception):
@@ -92,7 +95,13 @@ def process_image(
     """Read → to_rgb → normalise → plan → segment → write one image, filling `row` and `timings` as it goes;
     then the requested `extras` (names of `EXTRA_SUFFIXES`) beside the label file (`write_extras`). `classes`:
     the instance thresholds of kinds of image tuned apart (`image_class`), used for segmenting this image when it
-    is of one of those kinds (the size estimate keeps the common thresholds, as `app tune` does)."""
+    is of one of those kinds (the size estimate keeps the common thresholds, as `app tune` does). A tiled slide
+    above `cfg.slide_threshold_pixels` is streamed from the file instead (`app.slides.run.process_slide`)."""
+    if is_slide(path, cfg):
+        from app.slides.run import process_slide  # the slide modules load only when a slide comes
+
+        process_slide(path, output, runner, planner, cfg, row, timings, extras, classes)
+        return
     with timed(timings, "read"):
         image = read_image(path, cfg.max_pixels)
     height, width = image.shape[:2]
@@ -163,25 +172,45 @@ def write_extras(
     first of rois and geojson).
     """
     check_extras(names)
+    polygons: list[extra_outputs.CellPolygon] | None = None
+
+    def write_one(name: str, target: Path) -> None:
+        nonlocal polygons
+        if name == "overlay":
+            picture = extra_outputs.overlay(labels, _image_for(name, image_u8), cfg.overlay_max_side)
+            write_atomic(target, partial(extra_outputs.write_png, picture=picture))
+        elif name == "measure":
+            table = extra_outputs.measure(labels, _image_for(name, image_u8))
+            write_atomic(target, partial(extra_outputs.write_csv, table=table))
+            row.update(extra_outputs.summary(table))
+        else:
+            polygons = extra_outputs.cell_polygons(labels) if polygons is None else polygons
+            encode = extra_outputs.write_roi_zip if name == "rois" else extra_outputs.write_geojson
+            write_atomic(target, partial(encode, polygons=polygons))
+
+    return write_each_extra(source, folder, names, write_one, row, timings)
+
+
+def write_each_extra(
+    source: Path,
+    folder: Path,
+    names: Collection[str],
+    write_one: Callable[[str, Path], None],
+    row: dict[str, Any],
+    timings: dict[str, float],
+) -> list[str]:
+    """`write_one(name, target)` for each requested extra, in `EXTRA_SUFFIXES` order, each timed as its own stage
+    and caught on its own (an extra never costs the label file or the others): a failure becomes one
+    "<file>: <reason>" entry of the returned list and of row["message"]; row["extras"] names the files written.
+    Shared by images read whole (`write_extras`) and streamed slides (`app.slides.extras`)."""
     written: list[str] = []
     failures: list[str] = []
-    polygons: list[extra_outputs.CellPolygon] | None = None
     for name in (n for n in EXTRA_SUFFIXES if n in names):
         target = folder / output_name(source, EXTRA_SUFFIXES[name])
         try:
             with timed(timings, name):
-                if name == "overlay":
-                    picture = extra_outputs.overlay(labels, _image_for(name, image_u8), cfg.overlay_max_side)
-                    write_atomic(target, partial(extra_outputs.write_png, picture=picture))
-                elif name == "measure":
-                    table = extra_outputs.measure(labels, _image_for(name, image_u8))
-                    write_atomic(target, partial(extra_outputs.write_csv, table=table))
-                    row.update(extra_outputs.summary(table))
-                else:
-                    polygons = extra_outputs.cell_polygons(labels) if polygons is None else polygons
-                    encode = extra_outputs.write_roi_zip if name == "rois" else extra_outputs.write_geojson
-                    write_atomic(target, partial(encode, polygons=polygons))
-        except Exception as exc:  # noqa: BLE001 - an extra never costs the label file or the others; reported
+                write_one(name, target)
+        except Exception as exc:  # noqa: BLE001 - reported, and the other extras are still written
             failures.append(f"{target.name}: {type(exc).__name__}: {exc}")
         else:
             written.append(target.name)
@@ -207,11 +236,12 @@ def stage_columns(rows: list[dict[str, Any]]) -> list[str]:
 def report_csv(rows: list[dict[str, Any]]) -> str:
     """The report as CSV text: one row per image, fixed columns then per-stage seconds."""
     stages = stage_columns(rows)
+    columns = [*REPORT_COLUMNS, *(SLIDE_COLUMNS if any("tiles" in row for row in rows) else ())]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*REPORT_COLUMNS, *stages])
+    writer.writerow([*columns, *stages])
     for row in rows:
-        cells = [_fmt(row.get(c, "")) for c in REPORT_COLUMNS]
+        cells = [_fmt(row.get(c, "")) for c in columns]
         times = row.get("_stages", {})
         cells += [_fmt(times[c[:-2]]) if c[:-2] in times else "" for c in stages]
         writer.writerow(cells)
@@ -239,13 +269,21 @@ def cells_text(row: dict[str, Any]) -> str:
     return text
 
 
+def slide_text(row: dict[str, Any]) -> str:
+    """"tissue 2.1% (134/1600 tiles)  " for a streamed slide, else nothing."""
+    if "tiles" not in row:
+        return ""
+    return f"tissue {100 * row['tissue_share']:.1f}% ({row['tiles']} tiles)  "
+
+
 def log_line(row: dict[str, Any]) -> str:
     """The one line printed per image."""
     if row["status"] != "ok":
         return f"FAILED {row['message']}"
     extras = f" + {row['extras']}" if row.get("extras") else ""
     return (
-        f"{row['image']}  {row['height']}x{row['width']}  {size_text(row)}{row['scales_desc']}  {cells_text(row)}  "
+        f"{row['image']}  {row['height']}x{row['width']}  {size_text(row)}{row['scales_desc']}  "
+        f"{slide_text(row)}{cells_text(row)}  "
         f"{row['seconds']:.2f} s (+{row['startup_s']:.2f} s start-up)  tolerance {row['tolerance_s']:.1f} s  "
         f"penalised {row['penalised_s']:.2f} s  -> {row['output']}{extras}"
     )

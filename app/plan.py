@@ -179,18 +179,23 @@ def choose_plan(
     budget_seconds: float,
     ladder: PlanLadder = LADDER,
     scales: tuple[float, ...] | None = None,
+    *,
+    shapes: list[tuple[int, int]] | None = None,
+    pixels: int | None = None,
 ) -> Plan:
     """The most accurate plan whose estimate fits `budget_seconds * cfg.budget_safety`.
 
     When none fits, the plan with the lowest estimate, and of equally cheap plans the most accurate: on a small
     image a lower scale needs no fewer windows (one padded window either way), so it would lose accuracy for
-    nothing.
+    nothing. `shapes` (the arrays the model sees) and `pixels` (those read, normalised and written) default to
+    the image's (`crop_shapes`, h x w); a streamed slide gives its tissue tiles (`app.slides`).
     """
     limit = budget_seconds * cfg.budget_safety
-    shapes = crop_shapes(h, w, cfg)
+    shapes = crop_shapes(h, w, cfg) if shapes is None else shapes
+    io_h, io_w = (h, w) if pixels is None else (1, pixels)
     candidates = candidate_plans(fluorescence, cfg, ladder, scales)
     estimates = [
-        estimate_seconds(h, w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f,
+        estimate_seconds(io_h, io_w, sc, st, costs, window=cfg.window, shapes=shapes, flips=f,
                          one_pass_max=cfg.one_pass_max_side)
         for sc, st, f, _ in candidates
     ]
@@ -321,10 +326,11 @@ class Planner:
 
     def plan(
         self, height: int, width: int, fluorescence: bool, scales: tuple[float, ...] | None = None,
-        spent: float = 0.0,
+        spent: float = 0.0, *, shapes: list[tuple[int, int]] | None = None, pixels: int | None = None,
     ) -> Plan:
         """The plan for one image, logged with its reason. `scales` replace MT2's (adaptive mode); `spent` is
-        what this image already used of its budget (the diameter estimate)."""
+        what this image already used of its budget (the diameter estimate); `shapes` and `pixels` as for
+        `choose_plan` (a streamed slide's tissue tiles)."""
         budget = self.budget_seconds(height, width)
         if budget is None:
             what = describe(scales or modality_scales(fluorescence, self.cfg), self.cfg.stride, self.cfg.flips)
@@ -332,6 +338,6 @@ class Planner:
             chosen = full_plan(fluorescence, self.cfg, f"budget none: {name}, {what}", scales)
         else:
             chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget - spent, self.ladder,
-                                 scales)
+                                 scales, shapes=shapes, pixels=pixels)
         log.debug("plan for %d x %d: %s", height, width, chosen.reason)
         return chosen

@@ -11,7 +11,6 @@ at most `Limits.kit_mib`, and with the repository's working tree at most `Limits
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import math
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 
 from app.config import InferenceConfig
 from app.errors import InputError
+from app.manifest import sha256_file
 from app.normalize import read_normalized
 from training.data import load_labels, scan_pairs, scan_unlabelled
 from training.gpu_kit.layout import (
@@ -164,7 +164,7 @@ def pack_record(archive: Path, kept: list[Encoded], left_out: list[Encoded], pro
 
 def file_record(path: Path) -> dict[str, Any]:
     """Size and sha256 of one file of the kit."""
-    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 # --- wheels ----------------------------------------------------------------------------------------------------

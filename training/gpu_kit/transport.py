@@ -7,24 +7,16 @@ and checks it against that sum (`cat NAME.part* > NAME` does the same without th
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
+from app.manifest import sha256_file as sha256
 from app.writer import write_atomic, write_text
 
 PART = ".part"
 SUM = ".sha256"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write(data: bytes, handle: BinaryIO) -> None:
