@@ -10,7 +10,7 @@ GPU_KIT_WORKERS ?= 2
 REAL_TRAIN      ?= data/real/train
 SYNTH_TRAIN     ?= data/ship_train
 
-.PHONY: demo test system-deps clean gpu-kit
+.PHONY: demo test system-deps clean gpu-kit peers-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ gpu-kit: $(VENV)/.dev-installed
 		--data $(REAL_TRAIN)/dsb2018_fluorescence --data $(REAL_TRAIN)/dsb2018_stained \
 		--data $(REAL_TRAIN)/usiigaci_phase --synthetic $(SYNTH_TRAIN) --synth-seed 2026 --synth-size 256 640
 	@echo "on the CUDA machine, from the repository root: sh scripts/gpu_run.sh $(GPU_KIT) OUT_DIR"
+
+# The peers of `python -m benchmarks.peers` (Cellpose 3, StarDist 2D) in their own environment, never a project
+# dependency: benchmarks/peers-requirements.txt pins them, benchmarks/peers.py runs them from this folder.
+PEERS_VENV := build/peers-venv
+
+peers-env: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: benchmarks/peers-requirements.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q -r benchmarks/peers-requirements.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache
