@@ -31,4 +31,4 @@ here=$(cd "$(dirname "$script")" && pwd -P)
 
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH
-exec "$PYTHON" -m app predict --input "$INPUT" --output "$OUTPUT" --budget auto "$@"
+exec "$PYTHON" -m app predict --input "$INPUT" --output "$OUTPUT" --mode challenge "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -9,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from app.config import EXTRA_SUFFIXES
+from app.modes import MODES
 
 
 @click.group()
@@ -90,6 +92,11 @@ def default_model() -> str:
 )
 @click.option("--report", default=None, help="Also write the per-image timing table as CSV to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="Log plan choices and model details.")
+@click.option("--mode", type=click.Choice(list(MODES)), default=None,
+              help="fast: two views at one adaptive scale (three for grey images), no time budget; accurate: "
+                   "every view and scale the weights are tuned for, no time budget; challenge: the full plan "
+                   "within the challenge's time tolerance (predict.sh). It sets --budget, --flips, "
+                   "--adaptive-spread and --one-pass-max-side; those options given here win. [default: fast]")
 @click.option("--overlay", is_flag=True,
               help=f"Also write <name>{EXTRA_SUFFIXES['overlay']}: cell outlines over the normalised image.")
 @click.option("--rois", is_flag=True,
@@ -101,7 +108,7 @@ def default_model() -> str:
                    "mean intensities per cell; the log line adds median area and diameter.")
 @config_options
 def predict(input_dir: str, output_dir: str, model: str | None, report: str | None, verbose: bool,
-            **options: Any) -> None:
+            mode: str | None, **options: Any) -> None:
     """Segment every image of --input into one instance-label TIFF per image in --output.
 
     Exit code 0 when every image (and every extra asked for) was written, 1 when any image or extra failed, 2
@@ -111,23 +118,25 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     from app.errors import ModelError
     from app.logs import setup_logging
     from app.manifest import class_settings, postprocess_settings
+    from app.modes import DEFAULT_MODE, describe_mode, merge_classes, mode_classes, mode_config, without_given
     from app.pipeline import SetupError, run_folder
 
     setup_logging(verbose)
     extras = [name for name in EXTRA_SUFFIXES if options.pop(name)]  # the rest are config fields
     model = model or default_model()
     try:
-        # Settings tuned for these weights (manifest) replace MT2's defaults; options given here win over both.
+        # Settings tuned for these weights (manifest) replace MT2's defaults, the mode's plan fields replace
+        # those; options given here win over all three.
         tuned = postprocess_settings(model)
         given = {name for name, value in options.items() if value is not None}
-        classes = {kind: {k: v for k, v in fields.items() if k not in given}
-                   for kind, fields in class_settings(model).items()}
+        classes = merge_classes(without_given(class_settings(model), given), mode_classes(mode or DEFAULT_MODE, given))
         try:
-            cfg = InferenceConfig().with_overrides(**tuned).with_overrides(**options)
+            planned = mode_config(InferenceConfig().with_overrides(**tuned), mode or DEFAULT_MODE)
+            cfg = planned.with_overrides(**options)
         except ValueError as exc:  # an option the config refuses, e.g. --flips 3
             raise SetupError(str(exc)) from exc
-        code = run_folder(input_dir, output_dir, model, cfg, report, extras=extras,
-                          classes={kind: fields for kind, fields in classes.items() if fields})
+        logging.getLogger(__name__).info(describe_mode(mode or DEFAULT_MODE))
+        code = run_folder(input_dir, output_dir, model, cfg, report, extras=extras, classes=classes)
     except (SetupError, ModelError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -230,7 +239,8 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         raise click.ClickException(f"no image in {data / 'images'} has a label file in {data / 'labels'}")
     try:
         stored = postprocess_settings(model_path)
-        runner = ModelRunner(resolve_model(model_path, device), device, threads)
+        # Thresholds are tuned on the reference (fp32) maps; fp16 and int8 are held to them by their parity checks.
+        runner = ModelRunner(resolve_model(model_path, device, "fp32"), device, threads)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     base = InferenceConfig(device=device, threads=threads, scale_mode=scale_mode)

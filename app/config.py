@@ -126,6 +126,8 @@ class InferenceConfig:
     budget: str = _opt("auto", "time budget per image: auto (challenge tolerance), none, or seconds")
     budget_safety: float = _opt(0.75, "fraction of the budget the planner may fill")
     device: str = _opt("auto", "auto (CUDA + fp16 when available, else CPU + fp32), cuda or cpu")
+    precision: str = _opt("auto", "model file taken from a weights folder: auto (CUDA: fp16; CPU: int8 when the "
+                          "manifest lists mt2.int8.onnx and the CPU has VNNI, else fp32), fp32, fp16 or int8")
     threads: int = _opt(0, "ONNX Runtime threads (0: its default)")
     overlay_max_side: int = _opt(4096, "--overlay: larger images are drawn on a copy subsampled (nearest) to this "
                                  "longer side (0: always full size)")
@@ -185,6 +187,8 @@ MANIFEST_FIELDS: tuple[str, ...] = (*POSTPROCESS_FIELDS, "target_diameter", "flu
 IMAGE_CLASSES: tuple[str, ...] = ("stained", "fluorescence", "grey")
 CLASS_FIELDS: tuple[str, ...] = ("cell_threshold", "seed_threshold", "min_seed_area", "seed_split_height",
                                  "min_area_ratio")
+# The plan fields a planner mode (`app.modes`) may set for one kind of image: views and adaptive scales.
+CLASS_PLAN_FIELDS: tuple[str, ...] = ("flips", "adaptive_spread", "scales")
 
 
 @dataclass(frozen=True)

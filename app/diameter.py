@@ -33,7 +33,7 @@ import numpy as np
 from skimage.segmentation import clear_border
 
 from app.config import InferenceConfig
-from app.infer import Plan, predict_maps
+from app.infer import Plan, fuse, predict_maps, scale_views
 from app.postprocess import instance_map
 
 ESTIMATED, GIVEN, FIXED = "estimated", "given", "fixed"
@@ -96,11 +96,22 @@ def look_side(scale: float, cfg: InferenceConfig) -> int:
 
 def look(image_u8: np.ndarray, runner: Any, scale: float, cfg: InferenceConfig) -> tuple[float | None, int]:
     """One single-view look at `scale` on a central crop of one window: (median diameter in px of the image, or
-    None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted)."""
+    None when fewer than `cfg.estimate_min_objects` objects were found; the objects counted).
+
+    A look below scale 1 is post-processed at the model's view, not at the crop's size: its crop is up to 1/scale
+    times larger than the window (a whole 9 MP image at 1/8), and the maps resized back to it would cost a
+    watershed of that size for a size estimate. S_min is scaled to that view (it counts the image's pixels) and
+    the diameters are scaled back."""
     crop = central_crop(image_u8, look_side(scale, cfg))
-    plan = Plan((scale,), cfg.stride)
-    cell, boundary = predict_maps(crop, runner, plan, cfg)
-    return median_diameter(instance_map(cell, boundary, cfg, plan.view_scale), cfg.estimate_min_objects)
+    if scale >= 1.0:
+        plan = Plan((scale,), cfg.stride)
+        cell, boundary = predict_maps(crop, runner, plan, cfg)
+        return median_diameter(instance_map(cell, boundary, cfg, plan.view_scale), cfg.estimate_min_objects)
+    cell, boundary = fuse(scale_views(crop, runner, scale, cfg, stride=cfg.stride), "mean", owned=True)
+    shrink = cell.shape[0] / crop.shape[0]  # the scale as the resize made it
+    view_cfg = cfg.with_overrides(min_seed_area=max(1, round(cfg.min_seed_area * shrink * shrink)))
+    diameter, count = median_diameter(instance_map(cell, boundary, view_cfg), cfg.estimate_min_objects)
+    return (diameter / shrink if diameter is not None else None), count
 
 
 def pick_estimate(

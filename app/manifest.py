@@ -76,6 +76,12 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def listed_files(directory: Path | str) -> set[str]:
+    """Names in the `files` table of the manifest in `directory` (empty when there is no manifest)."""
+    path = Path(directory) / CONTRACT.manifest_file
+    return set(read_manifest(path)["files"]) if path.is_file() else set()
+
+
 def verify_model(path: Path | str) -> dict[str, Any] | None:
     """Check a model file against the manifest beside it and return its entry (None when no manifest exists).
 
@@ -206,6 +212,7 @@ def store_postprocess(
 
 
 __all__ = [
-    "class_settings", "file_entry", "manifest_beside", "postprocess_settings", "read_manifest", "sha256_file",
+    "class_settings", "file_entry", "listed_files", "manifest_beside", "postprocess_settings", "read_manifest",
+    "sha256_file",
     "store_postprocess", "verify_model", "write_manifest",
 ]

@@ -116,17 +116,20 @@ def process_image(
         fluorescence = kind == "fluorescence"
     row.update(fluorescence=fluorescence, image_class=kind)
 
+    # This kind's own settings (the manifest's thresholds, the mode's views and scales); the size estimate keeps
+    # the common ones.
+    kind_cfg = cfg.with_overrides(**(classes or {}).get(kind, {}))
     t0 = time.perf_counter()
     size = size_estimate(image_u8, runner, cfg, planner.estimate_allowed(height, width))
     timings["estimate"] = size.seconds
-    scales = choose_scales(size, fluorescence, cfg) if size.diameter is not None else None
-    plan = planner.plan(height, width, fluorescence, scales, spent=size.seconds)
+    scales = choose_scales(size, fluorescence, kind_cfg) if size.diameter is not None else None
+    plan = planner.plan(height, width, fluorescence, scales, spent=size.seconds, cfg=kind_cfg)
     timings["plan"] = time.perf_counter() - t0 - size.seconds
     row.update(diameter=round(size.diameter, 1) if size.diameter is not None else "", size_source=size.source)
     row.update(scales="/".join(f"{s:g}" for s in plan.scales), stride=plan.stride, flips=plan.flips,
                plan=plan.reason, scales_desc=describe(plan.scales, plan.stride, plan.flips))
 
-    labels = segment(image_u8, runner, plan, cfg.with_overrides(**(classes or {}).get(kind, {})), timings)
+    labels = segment(image_u8, runner, plan, kind_cfg, timings)
     # A whole slide's normalised image is 300 MB: kept only for the extras that read it.
     kept = image_u8 if extra_outputs.NEEDS_IMAGE.intersection(extras) else None
     del image_u8
@@ -269,6 +272,13 @@ def cells_text(row: dict[str, Any]) -> str:
     return text
 
 
+def setting_text(value: Any) -> str:
+    """A setting as the log shows it: numbers with :g, tuples as 0.8/1/1.2."""
+    if isinstance(value, tuple):
+        return "/".join(setting_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def slide_text(row: dict[str, Any]) -> str:
     """"tissue 2.1% (134/1600 tiles)  " for a streamed slide, else nothing."""
     if "tiles" not in row:
@@ -382,7 +392,7 @@ def run_folder(
     """
     input_dir, output_dir, report_path, images = prepare_run(input_dir, output_dir, report, extras)
 
-    runner = ModelRunner(resolve_model(model, cfg.device), cfg.device, cfg.threads)
+    runner = ModelRunner(resolve_model(model, cfg.device, cfg.precision), cfg.device, cfg.threads)
     startup = process_age()
     try:
         planner = Planner(runner, cfg, startup)
@@ -393,7 +403,7 @@ def run_folder(
         f"up to {cfg.flips} view(s), scales fused by {cfg.fusion}; "
         f"post-processing T_cell {cfg.cell_threshold:g} T_seed {cfg.seed_threshold:g} S_min {cfg.min_seed_area} "
         f"seed split {cfg.seed_split_height:g} S_rel {cfg.min_area_ratio:g}"
-        + "".join(f"; {kind} images " + " ".join(f"{k} {v:g}" for k, v in fields.items())
+        + "".join(f"; {kind} images " + " ".join(f"{k} {setting_text(v)}" for k, v in fields.items())
                   for kind, fields in (classes or {}).items())
         + f"; {describe_scale_rule(cfg)}; {len(images)} image(s)"
     )

@@ -327,17 +327,20 @@ class Planner:
     def plan(
         self, height: int, width: int, fluorescence: bool, scales: tuple[float, ...] | None = None,
         spent: float = 0.0, *, shapes: list[tuple[int, int]] | None = None, pixels: int | None = None,
+        cfg: InferenceConfig | None = None,
     ) -> Plan:
         """The plan for one image, logged with its reason. `scales` replace MT2's (adaptive mode); `spent` is
         what this image already used of its budget (the diameter estimate); `shapes` and `pixels` as for
-        `choose_plan` (a streamed slide's tissue tiles)."""
+        `choose_plan` (a streamed slide's tissue tiles); `cfg`, this kind of image's settings (views, scales:
+        `app.modes`) in place of the planner's, run as the planner's are."""
+        cfg = self.cfg if cfg is None else replace(cfg, one_pass_max_side=self.cfg.one_pass_max_side)
         budget = self.budget_seconds(height, width)
         if budget is None:
-            what = describe(scales or modality_scales(fluorescence, self.cfg), self.cfg.stride, self.cfg.flips)
+            what = describe(scales or modality_scales(fluorescence, cfg), cfg.stride, cfg.flips)
             name = "adaptive plan" if scales else "MT2 plan"
-            chosen = full_plan(fluorescence, self.cfg, f"budget none: {name}, {what}", scales)
+            chosen = full_plan(fluorescence, cfg, f"budget none: {name}, {what}", scales)
         else:
-            chosen = choose_plan(height, width, fluorescence, self.cfg, self.costs, budget - spent, self.ladder,
+            chosen = choose_plan(height, width, fluorescence, cfg, self.costs, budget - spent, self.ladder,
                                  scales, shapes=shapes, pixels=pixels)
         log.debug("plan for %d x %d: %s", height, width, chosen.reason)
         return chosen

@@ -6,9 +6,13 @@ asks whether CUDA really works by opening a one-node probe session and reading b
 (`cuda_usable`). fp16 models are accepted with float32 IO (`keep_io_types`) or float16 IO (the batch is cast on
 the way in and the outputs back to float32).
 
+Model file choice (`resolve_model`): a weights folder holds `mt2.fp32.onnx` (CPU), `mt2.fp16.onnx` (CUDA) and
+possibly `mt2.int8.onnx` (CPU, statically quantised by `training/quantize.py`); `precision` "auto" takes fp16 on
+CUDA, int8 on a CPU with VNNI when the manifest lists the int8 file, else fp32.
+
 The app does not depend on the `onnx` package, so the two things it needs from the file itself (a probe model
-and the element type of the initializers, which tells an fp16 model with float32 IO from an fp32 one) are done
-with a few lines of protobuf wire format below.
+and the element type of the initializers, which tells an fp16 or int8 model with float32 IO from an fp32 one)
+are done with a few lines of protobuf wire format below.
 """
 
 from __future__ import annotations
@@ -29,11 +33,18 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+# The int8 CPU model beside the contract's fp32 and fp16 files (written by training/quantize.py).
+INT8_FILE = "mt2.int8.onnx"
+# x86 CPU flags of the 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI) that ONNX Runtime's int8
+# convolutions are built for; without them the app does not choose the int8 file by itself.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+CPUINFO = Path("/proc/cpuinfo")
 CUDNN_SEARCH = ("DEFAULT", "HEURISTIC", "EXHAUSTIVE")
 # ONNX Runtime's type strings for the two element types the contract allows.
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # ONNX TensorProto.DataType codes.
-ONNX_FLOAT, ONNX_FLOAT16 = 1, 10
+ONNX_FLOAT, ONNX_UINT8, ONNX_INT8, ONNX_FLOAT16 = 1, 2, 3, 10
 ORT_DEFAULT_LOG_SEVERITY = 2
 
 
@@ -158,27 +169,62 @@ def will_use_cuda(device: str) -> bool:
 # --- choosing the model file -----------------------------------------------------------------------------------
 
 
-def resolve_model(path: Path | str, device: str = "auto", contract: ModelContract = CONTRACT) -> Path:
-    """The model file to load: a file as given; in a folder the fp16 file for CUDA when present, else fp32.
+@lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """True when the CPU lists an 8-bit dot-product flag (`VNNI_FLAGS`) in /proc/cpuinfo; False without one and
+    where there is no such file or flags line (other systems, ARM)."""
+    try:
+        lines = CPUINFO.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    flags = {flag for line in lines if line.startswith("flags") for flag in line.partition(":")[2].split()}
+    return not flags.isdisjoint(VNNI_FLAGS)
+
+
+def precision_files(contract: ModelContract = CONTRACT) -> dict[str, str]:
+    """File name of each explicit precision inside a weights folder."""
+    return {"fp32": contract.fp32_file, "fp16": contract.fp16_file, "int8": INT8_FILE}
+
+
+def _auto_file(folder: Path, use_cuda: bool, contract: ModelContract) -> Path:
+    """fp16 on CUDA; on the CPU int8 when the manifest lists it and the CPU has VNNI, else fp32; a folder holding
+    only the fp16 file runs it on the CPU."""
+    from app.manifest import listed_files
+
+    fp16, fp32, int8 = folder / contract.fp16_file, folder / contract.fp32_file, folder / INT8_FILE
+    if use_cuda and fp16.is_file():
+        return fp16
+    if not use_cuda and INT8_FILE in listed_files(folder) and cpu_has_vnni():
+        return int8
+    if fp32.is_file():
+        return fp32
+    if fp16.is_file():
+        log.warning("%s: no %s, running the fp16 model on the CPU (slower)", folder, contract.fp32_file)
+        return fp16
+    raise ModelError(f"{folder}: folder holds neither {contract.fp32_file} nor {contract.fp16_file}")
+
+
+def resolve_model(
+    path: Path | str, device: str = "auto", precision: str = "auto", contract: ModelContract = CONTRACT
+) -> Path:
+    """The model file to load: a file as given; in a folder the file of `precision` (`PRECISIONS`; "auto": see
+    `_auto_file`), an explicit precision whose file is missing being a ModelError naming it.
 
     A manifest beside the chosen file is checked (size and sha256) before the file is used.
     """
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: model file or folder not found")
-    if path.is_dir():
-        fp16, fp32 = path / contract.fp16_file, path / contract.fp32_file
-        if will_use_cuda(device) and fp16.is_file():
-            chosen = fp16
-        elif fp32.is_file():
-            chosen = fp32
-        elif fp16.is_file():
-            log.warning("%s: no %s, running the fp16 model on the CPU (slower)", path, contract.fp32_file)
-            chosen = fp16
-        else:
-            raise ModelError(f"{path}: folder holds neither {contract.fp32_file} nor {contract.fp16_file}")
-    else:
+    if not path.is_dir():
         chosen = path
+    elif precision == "auto":
+        chosen = _auto_file(path, will_use_cuda(device), contract)
+    else:
+        chosen = path / precision_files(contract)[precision]
+        if not chosen.is_file():
+            raise ModelError(f"{path}: precision {precision} asked for, but there is no {chosen.name} in the folder")
     if (chosen.parent / contract.manifest_file).is_file():
         from app.manifest import verify_model
 
@@ -269,13 +315,16 @@ class ModelRunner:
 
     def _precision(self) -> str:
         """'fp16' when the IO is float16 or initializers are float16 (keep_io_types export, possibly with some
-        layers kept in fp32 for accuracy)."""
+        layers kept in fp32 for accuracy); 'int8' when initializers are 8-bit integers (a quantised QDQ model with
+        float32 IO); else 'fp32'."""
         if self.dtype == np.float16:
             return "fp16"
         try:
             sizes = initializer_bytes(self.path)
         except (ValueError, IndexError, OSError):
             return "fp32"
+        if sizes.get(ONNX_INT8, 0) + sizes.get(ONNX_UINT8, 0) > 0:
+            return "int8"
         return "fp16" if sizes.get(ONNX_FLOAT16, 0) > 0 else "fp32"
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -129,11 +129,11 @@ def predict_with_app(images: Path, out: Path, model: Path, threads: int, budget:
                      extra: tuple[str, ...] = ()) -> None:
     """Run the app's own command line on a folder, as a user would.
 
-    The budget defaults to "none" (MT2's full multi-scale plan) so that accuracy does not depend on how busy
-    the machine is while the planner measures it.
+    The accurate mode with the budget "none" by default (the full plan: every view and scale) so that accuracy
+    does not depend on how busy the machine is while the planner measures it.
     """
     command = [sys.executable, "-m", "app", "predict", "--input", str(images), "--output", str(out),
-               "--model", str(model), "--budget", budget]
+               "--model", str(model), "--mode", "accurate", "--budget", budget]
     if threads:
         command += ["--threads", str(threads)]
     command += list(extra)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.runner import INT8_FILE
 from benchmarks.peers_side import found, median_seconds, versions
 from benchmarks.speed import side_for
 
@@ -49,7 +50,6 @@ DEFAULT_THREADS = 2
 SEED = 2026
 PATTERN = 1024  # largest generated patch; larger images repeat it
 CELL_DIAMETER = (25.0, 35.0)  # px, around Cellpose's default diameter (30)
-INT8_FILE = "mt2.int8.onnx"
 OURS_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime", "numpy", "scipy", "scikit-image")
 OURS_FP32, OURS_INT8 = "MT2 fp32 (ours)", "MT2 int8 (ours)"
 METHOD_ORDER = (OURS_FP32, OURS_INT8, "Cellpose 3 (cyto3 CPnet)", "StarDist 2D (default Config2D)")

@@ -1,6 +1,7 @@
 """Speed and memory of the app per image size, and ONNX Runtime against PyTorch eager on the same weights.
 
-    python -m benchmarks.speed                       # 0.25, 1, 9, 25 and 100 MP, budget auto
+    python -m benchmarks.speed                       # 0.25, 1, 9, 25 and 100 MP, mode challenge (budget auto)
+    python -m benchmarks.speed --sizes 0.25,1,9 --mode fast --no-compare
     python -m benchmarks.speed --sizes 1,9 --budget none --model weights/
     python -m benchmarks.speed --sizes 0.25 --no-compare
 
@@ -29,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
+from app.modes import MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_SIZES = (0.25, 1.0, 9.0, 25.0, 100.0)
 SHARE_SIZES = (1.0, 9.0)  # sizes the non-model share target applies to
 NON_MODEL = ("read", "normalise", "resize", "fuse", "postprocess", "paste", "write")
-STAGES = ("read", "normalise", "plan", "resize", "model", "fuse", "postprocess", "paste", "write")
+STAGES = ("read", "normalise", "estimate", "plan", "resize", "model", "fuse", "postprocess", "paste", "write")
 TARGET_SHARE = 0.15
 TARGET_RATIO = 1.3
 TARGET_PEAK_BYTES = 3e9
@@ -93,13 +96,13 @@ def export_random_model(path: Path, seed: int = 0):
     return module
 
 
-def default_model(workdir: Path) -> tuple[Path, str]:
+def default_model(workdir: Path, precision: str = "auto") -> tuple[Path, str]:
     """The shipped weights when present, else a random-weight export of the shipped architecture."""
     from app.errors import ModelError
     from app.runner import resolve_model
 
     try:
-        return resolve_model(ROOT / "weights", "cpu"), "shipped weights"
+        return resolve_model(ROOT / "weights", "cpu", precision), "shipped weights"
     except ModelError:
         path = workdir / "mt2.random.onnx"
         export_random_model(path)
@@ -109,10 +112,12 @@ def default_model(workdir: Path) -> tuple[Path, str]:
 # --- one size, in its own process ---------------------------------------------------------------------------------
 
 
-def child(image: Path, model: Path, budget: str, threads: int, workers: int | None, out: Path) -> None:
+def child(image: Path, model: Path, mode: str, budget: str | None, threads: int, workers: int | None,
+          out: Path) -> None:
     """Run one image through the pipeline's per-image path and write the measurements as JSON."""
     from app.config import InferenceConfig
     from app.manifest import postprocess_settings
+    from app.modes import mode_config
     from app.pipeline import process_image
     from app.plan import Planner, estimate_seconds
     from app.runner import ModelRunner
@@ -120,8 +125,10 @@ def child(image: Path, model: Path, budget: str, threads: int, workers: int | No
     from app.timing import process_age
     from app.tolerance import tolerance
 
-    # The settings tuned for the weights (views, fusion, thresholds) apply as they do in `app predict`.
-    cfg = InferenceConfig().with_overrides(**postprocess_settings(model), budget=budget, device="cpu", threads=threads)
+    # The settings tuned for the weights (views, fusion, thresholds), then the mode's, apply as they do in
+    # `app predict`; --budget, when given, wins over the mode's.
+    tuned = InferenceConfig().with_overrides(**postprocess_settings(model))
+    cfg = mode_config(tuned, mode).with_overrides(budget=budget, device="cpu", threads=threads)
     if workers is not None:
         cfg = cfg.with_overrides(tile_workers=workers)
     runner = ModelRunner(model, cfg.device, cfg.threads)
@@ -171,7 +178,9 @@ def run_size(megapixels: float, model: Path, args: argparse.Namespace, workdir: 
     tifffile.imwrite(image_path, stained_cells(side, side), photometric="rgb")
     out = workdir / f"bench_{side}.json"
     cmd = [sys.executable, "-m", "benchmarks.speed", "--child", str(image_path), "--model", str(model),
-           "--budget", args.budget, "--threads", str(args.threads), "--json", str(out)]
+           "--mode", args.mode, "--threads", str(args.threads), "--json", str(out)]
+    if args.budget is not None:
+        cmd += ["--budget", args.budget]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -357,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(f"{s:g}" for s in DEFAULT_SIZES),
                         help="comma-separated megapixels (square images)")
     parser.add_argument("--model", type=Path, help="ONNX model file or weights folder (default: weights/)")
-    parser.add_argument("--budget", default="auto", help="auto, none or seconds (as predict --budget)")
+    parser.add_argument("--mode", default="challenge", choices=list(MODES), help="the app's --mode (default challenge)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"),
+                        help="model file of the weights folder (as predict --precision; default auto)")
+    parser.add_argument("--budget", default=None,
+                        help="auto, none or seconds (as predict --budget; default: the mode's)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime / torch threads (0: all cores)")
     parser.add_argument("--workers", type=int, help="post-processing threads on the whole-slide path")
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per engine in the comparison")
@@ -368,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child is not None:
-        child(args.child, args.model, args.budget, args.threads, args.workers, args.json)
+        child(args.child, args.model, args.mode, args.budget, args.threads, args.workers, args.json)
         return 0
 
     from app.config import InferenceConfig
@@ -379,10 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.model is not None:
-            model, what = resolve_model(args.model, "cpu"), str(args.model)
+            model, what = resolve_model(args.model, "cpu", args.precision), str(args.model)
         else:
-            model, what = default_model(workdir)
-        print(f"model: {what} ({model.name}); budget {args.budget}; {os.cpu_count()} CPU cores", flush=True)
+            model, what = default_model(workdir, args.precision)
+        budget = f", budget {args.budget}" if args.budget else ""
+        print(f"model: {what} ({model.name}); mode {args.mode}{budget}; {os.cpu_count()} CPU cores", flush=True)
         results = []
         for mp in sizes:
             results.append(run_size(mp, model, args, workdir))

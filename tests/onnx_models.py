@@ -136,6 +136,26 @@ def fp16_io_model(path: Path, **kwargs) -> Path:
     return path
 
 
+def int8_model(path: Path, *, seed: int = 0, **kwargs) -> Path:
+    """`contract_model` statically quantised by ONNX Runtime (QDQ, int8 weights, uint8 activations calibrated on a
+    few random batches): 8-bit initializers, float32 inputs and outputs, like the exported int8 file."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    path = Path(path)
+    fp32 = contract_model(path.with_name(f"{path.stem}.fp32.onnx"), **kwargs)
+    rng = np.random.default_rng(seed)
+    batches = iter([{"image": rng.random((1, 3, 32, 32), dtype=np.float32)} for _ in range(4)])
+
+    class Reader:
+        def get_next(self):
+            return next(batches, None)
+
+    quantize_static(str(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    fp32.unlink()
+    return path
+
+
 def shaped_model(
     path: Path,
     *,

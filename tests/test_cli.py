@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "predict.sh"
 SHAPE = (120, 150)
 CENTRES = [(35, 35), (40, 110), (90, 70)]
-FAST = ["--budget", "none", "--threads", "1", "--batch-size", "2"]
+FAST = ["--mode", "accurate", "--budget", "none", "--threads", "1", "--batch-size", "2"]  # the full plan
 
 
 @pytest.fixture(scope="module")

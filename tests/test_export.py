@@ -24,6 +24,8 @@ from app.config import CONTRACT, InferenceConfig
 from app.errors import ModelError
 from app.manifest import sha256_file, verify_model
 from app.postprocess import instance_map
+from app.runner import INT8_FILE
+from tests.onnx_models import labelled_disc_folder
 from training.checkpoint import network_from_checkpoint
 from training.config import load_config
 from training.export import convert_fp16, export_fp32, parse_sizes, portable_config
@@ -159,6 +161,47 @@ def test_export_writes_both_models_and_a_complete_manifest(exported) -> None:
     assert {c["input"] for c in parity["cases"]} == {"random 128x128", "cells 128x128", "random 96x160", "cells 96x160"}
     assert "parity: fp32 vs PyTorch" in output and "mt2.fp16.onnx:" in output
     assert not list(out.glob(".export-*"))  # staging folder removed
+
+
+def test_export_without_calibration_images_leaves_int8_out(exported) -> None:
+    """The test checkpoint records no training sources: the int8 file is refused with a notice, the rest lands."""
+    out, _, output = exported
+    manifest = json.loads((out / CONTRACT.manifest_file).read_text())
+    assert INT8_FILE not in manifest["files"] and not (out / INT8_FILE).exists()
+    assert manifest["quantization"]["written"] is False
+    assert "no calibration folders" in manifest["quantization"]["reason"]
+    assert "int8 file not written: no calibration folders" in output
+    assert any(note.startswith("int8 file not written") for note in manifest["export"]["notices"])
+
+
+def test_export_writes_int8_and_refuses_it_when_its_parity_fails(ship_net, tmp_path) -> None:
+    """With training images the export adds a verified int8 file; with an impossible F1 limit it leaves the int8
+    file out (and removes the previous one, made from the weights it replaces) while fp32 and fp16 still land."""
+    from training.export import export_checkpoint, verify_directory
+    from training.quantize import QuantSettings
+
+    ckpt = save_checkpoint(tmp_path / "run.pt", ship_net.config, ship_net, ship_net, "ship")
+    calibration = [labelled_disc_folder(tmp_path / "discs", 2, (96, 96), [(30, 30), (62, 64)], 12)]
+    out = tmp_path / "weights"
+    quick = {"sizes": ((64, 64),), "threads": 1, "calibration": calibration,
+             "quant": QuantSettings(crops=2, crop_size=64)}
+    result = export_checkpoint(ckpt, out, **quick)
+    assert result.int8 is not None and set(result.files) == {CONTRACT.fp32_file, CONTRACT.fp16_file, INT8_FILE}
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["files"][INT8_FILE]["precision"] == "int8"
+    assert verify_model(out / INT8_FILE) is not None
+    assert manifest["parity"]["int8"]["int8_instance_f1"] == result.int8.int8_instance_f1 >= 0.85
+    assert manifest["quantization"]["calibration_sources"] == ["discs"]
+    _, recheck = verify_directory(ckpt, out, sizes=((64, 64),), threads=1)  # --verify-only checks int8 too
+    assert recheck is not None and recheck.int8_instance_f1 == result.int8.int8_instance_f1
+
+    refused = export_checkpoint(ckpt, out, **quick, int8_min_f1=1.01)
+    assert refused.int8 is None and set(refused.files) == {CONTRACT.fp32_file, CONTRACT.fp16_file}
+    manifest = json.loads(refused.manifest.read_text())
+    assert INT8_FILE not in manifest["files"] and not (out / INT8_FILE).exists()
+    assert "'int8 vs fp32 instance-map F1' failed" in manifest["quantization"]["reason"]
+    assert any("int8 file not written" in note for note in refused.notices)
+    assert verify_model(out / CONTRACT.fp16_file) is not None
 
 
 def test_exported_graphs_follow_the_contract(exported) -> None:
@@ -337,7 +380,7 @@ def test_app_runs_the_exported_fp32_model(exported, tmp_path) -> None:
     tifffile.imwrite(images / "discs.tif", rgb)
     result = CliRunner().invoke(
         cli, ["predict", "--input", str(images), "--output", str(tmp_path / "out"), "--model", str(out),
-              "--device", "cpu", "--threads", "1", "--scales", "1", "--budget", "none"]
+              "--device", "cpu", "--threads", "1", "--scales", "1", "--mode", "accurate"]
     )
     assert result.exit_code == 0, result.output
     labels = tifffile.imread(tmp_path / "out" / "discs_label.tiff")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.runner import INT8_FILE
 from benchmarks import peers
 from benchmarks.peers import Row
 from tests.onnx_models import contract_model
@@ -86,7 +87,7 @@ def test_int8_is_timed_only_when_the_weights_folder_holds_it(tmp_path: Path) -> 
         peers.ours_models(tmp_path)
     contract_model(tmp_path / "mt2.fp32.onnx")
     assert [name for name, _ in peers.ours_models(tmp_path)] == [peers.OURS_FP32]
-    contract_model(tmp_path / peers.INT8_FILE)
+    contract_model(tmp_path / INT8_FILE)
     assert [name for name, _ in peers.ours_models(tmp_path)] == [peers.OURS_FP32, peers.OURS_INT8]
 
 

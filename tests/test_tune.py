@@ -233,7 +233,7 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     data = labelled_folder(tmp_path / "data")
     out = tmp_path / "out"
     predict = ["predict", "--input", str(data / "images"), "--output", str(out), "--model", str(weights),
-               "--device", "cpu", "--threads", "1", "--budget", "none"]
+               "--device", "cpu", "--threads", "1", "--mode", "accurate"]
     result = CliRunner().invoke(cli, predict)
     assert result.exit_code == 0, result.output
     assert not tifffile.imread(out / "cell_00001_label.tiff").any()  # MT2's S_min drops every small cell
@@ -302,7 +302,7 @@ def test_class_thresholds_round_trip_and_apply_to_their_kind_only(tmp_path: Path
     data = labelled_folder(tmp_path / "data", count=1)  # bright discs on black: fluorescence
     out = tmp_path / "out"
     predict = ["predict", "--input", str(data / "images"), "--output", str(out), "--model", str(weights),
-               "--device", "cpu", "--threads", "1", "--budget", "none", "--report", str(tmp_path / "r.csv")]
+               "--device", "cpu", "--threads", "1", "--mode", "accurate", "--report", str(tmp_path / "r.csv")]
     result = CliRunner().invoke(cli, predict)
     assert result.exit_code == 0, result.output
     assert "fluorescence images min_seed_area 4000" in result.stdout

@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train | export | split | synth``."""
+"""Command line: ``python -m training train | export | quantize | split | synth``."""
 
 from __future__ import annotations
 
@@ -31,10 +31,14 @@ def cli() -> None:
               help="Where ONNX Runtime runs the verification.")
 @click.option("--threads", type=int, default=0, help="ONNX Runtime threads (0: its default).")
 @click.option("--no-slim", is_flag=True, help="Skip onnxslim simplification.")
+@click.option("--no-int8", is_flag=True, help="Skip the int8 CPU model (mt2.int8.onnx).")
+@click.option("--calibration", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Training image folder for the int8 calibration (challenge layout or plain images); repeat for "
+                   "several. [default: the checkpoint's training sources, validation images left out]")
 @click.option("--verify-only", is_flag=True,
               help="Re-check the files already in --out against the checkpoint; write nothing.")
-def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_only) -> None:
-    """Export a checkpoint to verified fp32 and fp16 ONNX models with a manifest."""
+def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, no_int8, calibration, verify_only) -> None:
+    """Export a checkpoint to verified fp32, fp16 and int8 ONNX models with a manifest."""
     from app.errors import ModelError
     from training.export import export_checkpoint, parse_sizes, verify_directory
     from training.parity import ExportCheckError
@@ -42,13 +46,38 @@ def export(checkpoint, out_dir, which, sizes, device, threads, no_slim, verify_o
     try:
         hw = parse_sizes(sizes)
         if verify_only:
-            parity = verify_directory(checkpoint, out_dir, which, hw, device, threads)
-            click.echo(f"verified {out_dir}: {parity.summary()}")
+            parity, int8 = verify_directory(checkpoint, out_dir, which, hw, device, threads)
+            click.echo(f"verified {out_dir}: {parity.summary()}" + (f"; {int8.summary()}" if int8 else ""))
         else:
-            result = export_checkpoint(checkpoint, out_dir, which, hw, not no_slim, device, threads)
+            result = export_checkpoint(checkpoint, out_dir, which, hw, not no_slim, device, threads,
+                                       int8=not no_int8, calibration=calibration)
             click.echo(f"wrote {', '.join(result.files)} and {result.manifest.name} to {out_dir}")
     except (ExportCheckError, ModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@cli.command("quantize")
+@click.option("--weights", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Weights folder holding mt2.fp32.onnx and manifest.json; mt2.int8.onnx is added to both.")
+@click.option("--calibration", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Training image folder (challenge layout or plain images); repeat for several. [default: the "
+                   "training sources the manifest records, validation images left out]")
+@click.option("--sizes", default="256,320x448", show_default=True,
+              help="Verification image sizes, HxW or one side, comma-separated, multiples of 32.")
+@click.option("--threads", type=int, default=0, help="ONNX Runtime threads of the verification (0: its default).")
+def quantize_command(weights, calibration, sizes, threads) -> None:
+    """Add a verified int8 CPU model to an exported weights folder (no checkpoint needed)."""
+    from app.errors import ModelError
+    from app.runner import INT8_FILE
+    from training.export import parse_sizes
+    from training.parity import ExportCheckError
+    from training.quantize import quantize_weights
+
+    try:
+        parity = quantize_weights(weights, calibration, sizes=parse_sizes(sizes), threads=threads)
+    except (ExportCheckError, ModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {INT8_FILE} to {weights}: {parity.summary()}")
 
 
 @cli.command("train")

@@ -4,9 +4,11 @@ Stages, each a function: pick the teacher (or student) weights from a checkpoint
 `ProbabilityModel` with the legacy TorchScript exporter (the dynamo exporter needs onnxscript, which training does
 not install) at opset 17 with dynamic batch, height and width; simplify with onnxslim when that removes nodes and
 keeps parity; convert to fp16 with onnxconverter-common keeping float32 inputs and outputs (the encoder kept in
-fp32 when the all-fp16 file fails parity); check both with `onnx.checker`; verify them (`training.parity`); write
-the manifest with the versions and commit they came from. Files are written to a staging folder and moved into
-place only when every check passes, so a failed export never replaces good weights.
+fp32 when the all-fp16 file fails parity); check both with `onnx.checker`; verify them (`training.parity`);
+quantise the fp32 file to int8 for CPUs, calibrated on training images (`training.quantize`; an int8 file that
+fails its parity check is left out with a notice, the rest of the export still lands); write the manifest with
+the versions and commit they came from. Files are written to a staging folder and moved into place only when
+every check passes, so a failed export never replaces good weights.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,21 +31,27 @@ from torch import nn
 import app
 from app.config import CONTRACT
 from app.manifest import file_entry, sha256_file, write_manifest
+from app.runner import INT8_FILE
 from app.writer import write_atomic
 from training.checkpoint import load_checkpoint, network_from_checkpoint
+from training.config import ConfigError
 from training.model import ModelConfig, MT2Net, ProbabilityModel, parameter_count
 from training.parity import (
     FP16_TOLERANCE,
     FP32_TOLERANCE,
+    INT8_MIN_INSTANCE_F1,
     MIN_INSTANCE_F1,
     VERIFY_SIZES,
     ExportCheckError,
+    Int8Parity,
     Parity,
     max_abs_diff,
     random_inputs,
     torch_probabilities,
     verify,
+    verify_int8,
 )
+from training.quantize import MANIFEST_KEY, CalibrationError, QuantSettings, int8_entry, int8_from_training, with_int8
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +192,7 @@ class ExportResult:
     notices: list[str]
     steps: dict[str, Any]  # what onnxslim and the fp16 converter did
     manifest: Path
+    int8: Int8Parity | None = None  # None: no int8 file (skipped or refused, see notices)
 
 
 def _slim_if_better(raw: Path, net: nn.Module, work: Path, threads: int) -> tuple[Path, dict[str, Any]]:
@@ -210,6 +220,20 @@ def _describe_slim(info: dict[str, Any]) -> str:
     return f"not used ({info.get('reason', 'disabled')})"
 
 
+def _int8_step(
+    fp32: Path, ckpt: dict[str, Any], calibration: Sequence[Path], settings: QuantSettings,
+    sizes: tuple[tuple[int, int], ...], threads: int, min_f1: float,
+) -> tuple[Int8Parity | None, dict[str, Any]]:
+    """The int8 file beside `fp32` and its manifest record, or None and a record of why it was refused (no
+    calibration images, an unreadable training config, failed parity): the int8 file is optional, the fp32 and
+    fp16 files are not."""
+    try:
+        return int8_from_training(fp32, fp32.parent / INT8_FILE, calibration, ckpt.get("config"), settings, sizes,
+                                  threads, min_f1)
+    except (CalibrationError, ConfigError, ExportCheckError) as error:
+        return None, {"written": False, "reason": str(error)}
+
+
 def export_checkpoint(
     checkpoint: Path | str,
     out_dir: Path | str,
@@ -218,8 +242,13 @@ def export_checkpoint(
     use_slim: bool = True,
     device: str = "cpu",
     threads: int = 0,
+    int8: bool = True,
+    calibration: Sequence[Path] = (),
+    quant: QuantSettings = QuantSettings(),
+    int8_min_f1: float = INT8_MIN_INSTANCE_F1,
 ) -> ExportResult:
-    """Export, verify and document one checkpoint into `out_dir` (see the module docstring)."""
+    """Export, verify and document one checkpoint into `out_dir` (see the module docstring). `int8`: also write
+    the int8 CPU model, calibrated on the `calibration` folders (default: the checkpoint's training sources)."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
     net, used, notice = network_from_checkpoint(ckpt, which)
@@ -256,11 +285,25 @@ def export_checkpoint(
             note = "instance-map check compared empty maps only (the network finds no cells in the test images)"
             notices.append(note)
             log.info(f"notice: {note}")
+        int8_parity, int8_record = (
+            _int8_step(fp32, ckpt, calibration, quant, sizes, threads, int8_min_f1) if int8
+            else (None, {"written": False, "reason": "not asked for (--no-int8)"})
+        )
+        if int8_parity is not None:
+            log.info(f"int8: {int8_parity.summary()}")
+        elif int8:
+            note = f"int8 file not written: {int8_record['reason']}"
+            notices.append(note)
+            log.info(f"notice: {note}")
         files = {}
-        for path in (fp32, fp16):
+        for path in (fp32, fp16, *([work / INT8_FILE] if int8_parity is not None else [])):
             target = out_dir / path.name
             shutil.move(str(path), target)
             files[path.name] = target.stat().st_size
+    stale = out_dir / INT8_FILE
+    if int8_parity is None and stale.is_file():
+        stale.unlink()  # it belongs to the weights just replaced
+        log.info(f"removed the previous {INT8_FILE} (made from the weights this export replaced)")
     for name, size in files.items():
         over = " (over the 30 MB budget for weights/ in git)" if size > SIZE_BUDGET_BYTES else ""
         log.info(f"{name}: {size / 1e6:.1f} MB{over}")
@@ -270,8 +313,13 @@ def export_checkpoint(
         CONTRACT.fp32_file: {**file_entry(out_dir / CONTRACT.fp32_file), "precision": "fp32", "for": "CPU"},
         CONTRACT.fp16_file: {**file_entry(out_dir / CONTRACT.fp16_file), "precision": "fp16", "for": "CUDA"},
     }
+    if int8_parity is not None:
+        entries[INT8_FILE] = int8_entry(out_dir / INT8_FILE)
+        meta = with_int8(meta, int8_parity, int8_record)
+    else:
+        meta[MANIFEST_KEY] = int8_record
     manifest = write_manifest(out_dir, entries, meta)
-    return ExportResult(files, parity, used, notices, steps, manifest)
+    return ExportResult(files, parity, used, notices, steps, manifest, int8_parity)
 
 
 def portable_config(config: Any) -> Any:
@@ -354,18 +402,21 @@ def verify_directory(
     sizes: tuple[tuple[int, int], ...] = VERIFY_SIZES,
     device: str = "cpu",
     threads: int = 0,
-) -> Parity:
-    """Re-check exported files against their checkpoint: manifest checksums, onnx.checker, then parity."""
-    from app.manifest import verify_model
+) -> tuple[Parity, Int8Parity | None]:
+    """Re-check exported files against their checkpoint: manifest checksums, onnx.checker, then parity; the int8
+    file too (against the fp32 file) when the manifest lists it."""
+    from app.manifest import listed_files, verify_model
 
     out_dir = Path(out_dir)
-    fp32, fp16 = out_dir / CONTRACT.fp32_file, out_dir / CONTRACT.fp16_file
-    for path in (fp32, fp16):
+    fp32, fp16, int8 = out_dir / CONTRACT.fp32_file, out_dir / CONTRACT.fp16_file, out_dir / INT8_FILE
+    with_int8_file = INT8_FILE in listed_files(out_dir)
+    for path in (fp32, fp16, *([int8] if with_int8_file else [])):
         if verify_model(path) is None:
             raise ValueError(f"{out_dir}: no {CONTRACT.manifest_file} beside the models")
         check_onnx(path)
     net, _, _ = network_from_checkpoint(load_checkpoint(checkpoint), which)
-    return verify(net, fp32, fp16, sizes, device, threads)
+    parity = verify(net, fp32, fp16, sizes, device, threads)
+    return parity, (verify_int8(fp32, int8, sizes, threads) if with_int8_file else None)
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:

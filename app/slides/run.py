@@ -96,8 +96,9 @@ def estimate_region(slide: Slide, mask: np.ndarray, factor: tuple[float, float],
 
 
 def analyse(slide: Slide, tiles: list[Tile], runner: Any, planner: Any, cfg: InferenceConfig,
-            timings: dict[str, float]) -> SlideAnalysis:
-    """Every decision taken once per slide (module docstring, step 1)."""
+            timings: dict[str, float], classes: Mapping[str, Mapping[str, Any]] | None = None) -> SlideAnalysis:
+    """Every decision taken once per slide (module docstring, step 1); `classes` as for
+    `app.pipeline.process_image` (this kind's views and scales; the size estimate keeps the common settings)."""
     height, width = slide.height, slide.width
     with timed(timings, "read"):
         overview = slide.overview(cfg.slide_overview_pixels)
@@ -111,6 +112,7 @@ def analyse(slide: Slide, tiles: list[Tile], runner: Any, planner: Any, cfg: Inf
         ranges = channel_ranges(apply_sources(pixels, sources), cfg)
         kind = slide_class(apply_ranges(apply_sources(pixels, sources), ranges), height, width, cfg)
     fluorescence = kind == "fluorescence"
+    kind_cfg = cfg.with_overrides(**(classes or {}).get(kind, {}))
     start = time.perf_counter()
     allowed = planner.estimate_allowed(height, width)
     looks = cfg.scale_mode == "adaptive" and cfg.diameter <= 0 and allowed and bool(tissue)
@@ -119,11 +121,11 @@ def analyse(slide: Slide, tiles: list[Tile], runner: Any, planner: Any, cfg: Inf
     size = size_estimate(region, runner, cfg, allowed and bool(tissue))
     del region
     timings["estimate"] = time.perf_counter() - start
-    scales = choose_scales(size, fluorescence, cfg) if size.diameter is not None else None
+    scales = choose_scales(size, fluorescence, kind_cfg) if size.diameter is not None else None
     start = time.perf_counter()
     area = sum((t.core[1] - t.core[0]) * (t.core[3] - t.core[2]) for t in (tiles[i] for i in tissue))
     plan = planner.plan(height, width, fluorescence, scales, spent=timings["estimate"],
-                        shapes=[tiles[i].crop_shape for i in tissue], pixels=area)
+                        shapes=[tiles[i].crop_shape for i in tissue], pixels=area, cfg=kind_cfg)
     timings["plan"] = time.perf_counter() - start
     return SlideAnalysis(sources=tuple(sources), ranges=tuple(ranges), kind=kind, diameter=size.diameter,
                          size_source=size.source, plan=plan, tissue=tuple(tissue),
@@ -205,7 +207,7 @@ def _process_slide(path: Path, output: Path, runner: Any, planner: Any, cfg: Inf
         progress = load_progress(record, key) if cfg.slide_resume else None
         if progress is None:
             clear(output)
-            progress = Progress(key, analyse(slide, tiles, runner, planner, cfg, timings))
+            progress = Progress(key, analyse(slide, tiles, runner, planner, cfg, timings, classes))
             save_progress(record, progress)
         else:
             log.info("%s: resuming from %s, %d of %d tissue tile(s) already done", path.name, record.name,

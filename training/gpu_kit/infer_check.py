@@ -117,7 +117,7 @@ def predict_command(input_dir: Path, output_dir: Path, report: Path, weights: Pa
                     kit: Path | None) -> list[str]:
     """`python -m app predict` for one folder, through the kit's wrapper when a kit is given."""
     args = ["--input", str(input_dir), "--output", str(output_dir), "--model", str(weights), "--device", device,
-            "--report", str(report)]
+            "--report", str(report), "--mode", "challenge"]
     if kit is not None:
         return [sys.executable, "-m", "training.gpu_kit", "predict", "--kit", str(kit), "--", *args]
     return [sys.executable, "-m", "app", "predict", *args]
