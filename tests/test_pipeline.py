@@ -207,7 +207,8 @@ def test_extras_are_written_beside_label_files_that_stay_byte_identical(tmp_path
     row = _report(out)["gray8.png"]
     assert row["extras"] == "gray8_overlay.png gray8_rois.zip gray8.geojson gray8_cells.csv"
     assert float(row["median_area"]) == median and float(row["median_diameter"]) > 0
-    assert all(float(row[f"{name}_s"]) > 0 for name in EXTRA_SUFFIXES)
+    # Each extra is timed as its own stage (an extra of 4 cells can take under the report's 1 ms resolution).
+    assert all(row[f"{name}_s"] != "" and float(row[f"{name}_s"]) >= 0 for name in EXTRA_SUFFIXES)
 
 
 def test_a_failed_extra_keeps_the_label_file_and_exits_1(tmp_path: Path, model: Path) -> None:
