@@ -55,7 +55,9 @@ def score_model(model: Path, folders: list[Path], threads: int, app_args: str, w
     taken: set[str] = set()
     for index, folder in enumerate(folders):
         pred = work / str(index)
-        predict_with_app(folder / "images", pred, model, threads, "none", tuple(shlex.split(app_args)))
+        # fp32 for every row: the checkpoints are exported without an int8 file, the reference has one.
+        predict_with_app(folder / "images", pred, model, threads, "none",
+                         ("--precision", "fp32", *shlex.split(app_args)))
         pred.mkdir(parents=True, exist_ok=True)
         f1s = [s.f1 for _, s in evaluate_folders(folder / "labels", pred)]
         scores[folder_name(folder, taken)] = sum(f1s) / max(len(f1s), 1)
