@@ -251,6 +251,13 @@ def report_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def read_report(path: Path) -> list[dict[str, str]]:
+    """The rows of a report written by `report_csv` ([] when there is none), for the benchmarks and checks."""
+    if not Path(path).is_file():
+        return []
+    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
@@ -433,6 +440,6 @@ def run_folder(
 
 
 __all__ = [
-    "SetupError", "check_folders", "prepare_run", "process_image", "report_csv", "run_folder", "run_image",
-    "write_extras",
+    "SetupError", "check_folders", "prepare_run", "process_image", "read_report", "report_csv", "run_folder",
+    "run_image", "write_extras",
 ]

@@ -18,9 +18,7 @@ per folder and in images per minute over all folders. Run it on an idle machine:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
 import json
 import shlex
 import subprocess
@@ -32,6 +30,7 @@ from pathlib import Path
 
 from app.metric import evaluate_folders
 from app.modes import MODES
+from app.pipeline import read_report
 from benchmarks.accuracy import folder_name, machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,10 +73,6 @@ def parse_candidate(text: str) -> tuple[str, list[str]]:
     return name.strip(), shlex.split(options)
 
 
-def report_rows(report: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(report.read_text()))) if report.is_file() else []
-
-
 def run_folder(folder: Path, options: list[str], model: Path, threads: int, work: Path) -> FolderRun:
     """`python -m app predict OPTIONS` on one folder; scored against its labels."""
     images, labels = image_folders(folder)
@@ -88,7 +83,7 @@ def run_folder(folder: Path, options: list[str], model: Path, threads: int, work
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode == 2:
         raise RuntimeError(f"app predict could not start: {done.stderr.strip()}")
-    rows = [row for row in report_rows(report) if row["status"] == "ok"]
+    rows = [row for row in read_report(report) if row["status"] == "ok"]
     out.mkdir(parents=True, exist_ok=True)
     scores = [s.f1 for _, s in evaluate_folders(labels, out)]
     return FolderRun(

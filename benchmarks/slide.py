@@ -24,7 +24,6 @@ its 150 MP cap is read whole); `--cells 1` covers the whole slide with patches, 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from app.metric import match_counts
+from app.pipeline import read_report
 from app.slides.source import Slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,8 +257,7 @@ def run_size(gigapixels: float, args: argparse.Namespace, workdir: Path) -> list
         tp, fp, fn = tiled_f1(truth, out / "slide_label.tiff")
         f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
         line = next((ln for ln in run["log"].splitlines() if ln.startswith("slide.tif ")), "")
-        with open(out / "report.csv", newline="") as handle:
-            report = next(csv.DictReader(handle))
+        report = next(iter(read_report(out / "report.csv")), {})
         results.append({"gigapixels": gigapixels, "side": side, "path": path, "patches": len(scene.patches),
                         "cells": len(scene.cells), "seconds": run["seconds"], "peak_bytes": run["peak_bytes"],
                         "tp": tp, "fp": fp, "fn": fn, "f1": f1, "generate_s": generate,

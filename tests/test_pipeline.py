@@ -14,7 +14,7 @@ import tifffile
 
 from app.config import EXTRA_SUFFIXES, InferenceConfig
 from app.errors import ModelError
-from app.pipeline import SetupError, run_folder
+from app.pipeline import SetupError, read_report, run_folder
 from tests.log_capture import logged
 from tests.onnx_models import contract_model, disc_image
 
@@ -42,8 +42,7 @@ def _run(tmp_path: Path, model: Path, cfg: InferenceConfig = CFG, report: bool =
 
 
 def _report(out: Path) -> dict[str, dict[str, str]]:
-    with open(out / "report.csv", newline="") as handle:
-        return {row["image"]: row for row in csv.DictReader(handle)}
+    return {row["image"]: row for row in read_report(out / "report.csv")}
 
 
 def _count(path: Path) -> int:

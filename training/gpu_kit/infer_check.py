@@ -19,8 +19,6 @@ Writes one file, `infer.json`, into the output folder (results come back as few 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import CONTRACT, InferenceConfig
+from app.pipeline import read_report
 from app.tolerance import tolerance
 from app.writer import write_text
 from training.model import ModelConfig
@@ -125,9 +124,7 @@ def predict_command(input_dir: Path, output_dir: Path, report: Path, weights: Pa
 
 def report_row(report: Path) -> dict[str, str]:
     """The app's report row for the one image it segmented ({} when it wrote none)."""
-    if not report.is_file():
-        return {}
-    rows = list(csv.DictReader(io.StringIO(report.read_text())))
+    rows = read_report(report)
     return rows[0] if rows else {}
 
 
