@@ -93,7 +93,8 @@ def default_model() -> str:
 @click.option("--report", default=None, help="Also write the per-image timing table as CSV to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="Log plan choices and model details.")
 @click.option("--mode", type=click.Choice(list(MODES)), default=None,
-              help="fast: two views at one adaptive scale (three for grey images), no time budget; accurate: "
+              help="fast: two views at one adaptive scale (four views for stained colour images, three scales for "
+                   "grey ones), no time budget; accurate: "
                    "every view and scale the weights are tuned for, no time budget; challenge: the full plan "
                    "within the challenge's time tolerance (predict.sh). It sets --budget, --flips, "
                    "--adaptive-spread and --one-pass-max-side; those options given here win. [default: fast]")

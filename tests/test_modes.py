@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -60,8 +61,8 @@ def test_each_mode_sets_plan_fields_only() -> None:
         assert all(getattr(cfg, k) == v for k, v in mode.settings.items())
     fast = mode_config(InferenceConfig(), "fast")
     assert (fast.flips, fast.adaptive_spread, fast.budget) == (2, (1.0,), "none")
-    assert mode_classes("fast") == {"grey": {"adaptive_spread": (0.8, 1.0, 1.2)}}
-    assert mode_classes("fast", given={"adaptive_spread"}) == {}  # an option given wins for every kind
+    assert mode_classes("fast") == {"grey": {"adaptive_spread": (0.8, 1.0, 1.2)}, "stained": {"flips": 4}}
+    assert mode_classes("fast", given={"adaptive_spread", "flips"}) == {}  # an option given wins for every kind
     assert mode_classes("accurate") == {} and mode_classes("challenge") == {}
     with pytest.raises(ValueError, match="grey may set only flips, adaptive_spread, scales"):
         Mode("odd", "", classes={"grey": {"cell_threshold": 0.5}})
@@ -75,7 +76,7 @@ def test_each_mode_sets_plan_fields_only() -> None:
 def test_merge_classes_joins_the_manifest_and_the_mode() -> None:
     tuned = {"grey": {"min_seed_area": 8}, "stained": {"cell_threshold": 0.2}}
     merged = merge_classes(without_given(tuned, {"cell_threshold"}), mode_classes("fast"))
-    assert merged == {"grey": {"min_seed_area": 8, "adaptive_spread": (0.8, 1.0, 1.2)}}
+    assert merged == {"grey": {"min_seed_area": 8, "adaptive_spread": (0.8, 1.0, 1.2)}, "stained": {"flips": 4}}
 
 
 def test_the_default_is_fast_and_keeps_the_manifest_thresholds(tmp_path: Path, images: Path, weights: Path) -> None:
@@ -116,9 +117,12 @@ def test_predict_sh_runs_the_challenge_mode(tmp_path: Path, images: Path, weight
     assert "mode challenge:" in done.stdout and "x4 views" in done.stdout
 
 
-def test_fast_mode_gives_grey_images_three_scales(tmp_path: Path, images: Path, weights: Path) -> None:
+def test_fast_mode_gives_grey_images_three_scales_and_stained_images_four_views(
+    tmp_path: Path, images: Path, weights: Path,
+) -> None:
     """Dark discs on a light grey field are a grey image (neither stained colour nor fluorescence): three adaptive
-    scales in fast mode, against one for the fluorescence-like discs of `images`."""
+    scales in fast mode, against one for the fluorescence-like discs of `images`; purple discs on pink (three
+    different channels) are a stained image: four views at one scale."""
     folder = tmp_path / "grey"
     folder.mkdir()
     iio.imwrite(folder / "cell_00002.png", 255 - disc_image((120, 150), [(35, 35), (40, 110), (90, 70)], 13))
@@ -126,4 +130,13 @@ def test_fast_mode_gives_grey_images_three_scales(tmp_path: Path, images: Path, 
     assert row["image_class"] == "grey" and row["scales"].count("/") == 2 and row["flips"] == "2"
     assert "grey images adaptive_spread 0.8/1/1.2" in out
     row, _ = report_row(tmp_path, images, weights, "--diameter", "26")
-    assert row["image_class"] == "fluorescence" and "/" not in row["scales"]
+    assert row["image_class"] == "fluorescence" and "/" not in row["scales"] and row["flips"] == "2"
+    stained = tmp_path / "stained"
+    stained.mkdir()
+    discs = disc_image((120, 150), [(35, 35), (40, 110), (90, 70)], 13).astype(float) / 255
+    pink, purple = np.array([235, 170, 200]), np.array([90, 40, 140])
+    rgb = (pink * (1 - discs[..., None]) + purple * discs[..., None]).astype(np.uint8)
+    iio.imwrite(stained / "cell_00003.png", rgb)
+    row, out = report_row(tmp_path, stained, weights, "--diameter", "26")
+    assert row["image_class"] == "stained" and "/" not in row["scales"] and row["flips"] == "4"
+    assert "stained images flips 4" in out
