@@ -253,9 +253,10 @@ def report_csv(rows: list[dict[str, Any]]) -> str:
 
 def read_report(path: Path) -> list[dict[str, str]]:
     """The rows of a report written by `report_csv` ([] when there is none), for the benchmarks and checks."""
-    if not Path(path).is_file():
+    path = Path(path)
+    if not path.is_file():
         return []
-    return list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
 def _fmt(value: Any) -> str:
