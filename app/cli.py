@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from app.config import EXTRA_SUFFIXES
-from app.modes import MODES
+from app.modes import DEFAULT_MODE, MODES
 
 
 @click.group()
@@ -93,11 +93,9 @@ def default_model() -> str:
 @click.option("--report", default=None, help="Also write the per-image timing table as CSV to this file.")
 @click.option("--verbose", "-v", is_flag=True, help="Log plan choices and model details.")
 @click.option("--mode", type=click.Choice(list(MODES)), default=None,
-              help="fast: two views at one adaptive scale (four views for stained colour images, three scales for "
-                   "grey ones), no time budget; accurate: "
-                   "every view and scale the weights are tuned for, no time budget; challenge: the full plan "
-                   "within the challenge's time tolerance (predict.sh). It sets --budget, --flips, "
-                   "--adaptive-spread and --one-pass-max-side; those options given here win. [default: fast]")
+              help="; ".join(f"{m.name}: {m.summary}" for m in MODES.values())
+              + f". It sets --budget, --flips, --adaptive-spread and --one-pass-max-side; those options given "
+              f"here win. [default: {DEFAULT_MODE}; predict.sh: challenge]")
 @click.option("--overlay", is_flag=True,
               help=f"Also write <name>{EXTRA_SUFFIXES['overlay']}: cell outlines over the normalised image.")
 @click.option("--rois", is_flag=True,
@@ -119,7 +117,7 @@ def predict(input_dir: str, output_dir: str, model: str | None, report: str | No
     from app.errors import ModelError
     from app.logs import setup_logging
     from app.manifest import class_settings, postprocess_settings
-    from app.modes import DEFAULT_MODE, describe_mode, merge_classes, mode_classes, mode_config, without_given
+    from app.modes import describe_mode, merge_classes, mode_classes, mode_config, without_given
     from app.pipeline import SetupError, run_folder
 
     setup_logging(verbose)
