@@ -84,17 +84,24 @@ class Bench:
             start_weights(net, self.labelled, torch.device("cpu"), None, init_onnx)
         return {k: v.clone() for k, v in net.state_dict().items()}
 
+    def config(self, change: dict[str, Any]) -> Any:
+        """The benchmark's configuration with `change` (dotted preset keys) applied."""
+        from training.config import with_overrides
+
+        return with_overrides(self.base, change)
+
     def run(self, change: dict[str, Any], steps: int, untimed: int) -> tuple[list[float], list[float]]:
         """Seconds of each timed whole step and the total loss of every step, `untimed` steps first."""
-        from training.config import with_overrides
         from training.mean_teacher import make_teacher
         from training.model import MT2Net
         from training.schedule import make_scheduler
         from training.trainer import Dist, build_optimizer, make_loader, train_step
 
-        cfg = with_overrides(self.base, change)
+        cfg = self.config(change)
+        torch.manual_seed(0)
         net = MT2Net(cfg.model)
-        net.load_state_dict(self.start)
+        if cfg.model == self.base.model:  # another architecture starts from its own seeded initialisation
+            net.load_state_dict(self.start)
         if cfg.runtime.channels_last:
             net = net.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(net, cfg)

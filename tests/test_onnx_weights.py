@@ -120,6 +120,16 @@ def test_a_file_of_another_architecture_is_refused(exported) -> None:
         load_onnx_weights(other_encoder, path, images(1))
 
 
+def test_an_encoder_with_modules_the_forward_pass_skips_loads_back(tmp_path) -> None:
+    # smp's EfficientNet keeps the classifier's `_conv_head`, which never runs and so is not in the file.
+    config = ModelConfig(encoder="efficientnet-b0", decoder_channels=(8, 8, 8, 8, 8))
+    original = trained_like(config, seed=5)
+    assert "encoder._conv_head" in scoped_names(original)
+    path = slim(export_fp32(original, tmp_path / "raw.onnx"), tmp_path / "b0.onnx")
+    batch = images(2)
+    assert load_onnx_weights(MT2Net(config), path, batch) <= PARITY_LIMIT
+
+
 def test_a_file_that_is_not_onnx_is_refused_in_one_line(tmp_path) -> None:
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not a model at all")

@@ -93,6 +93,14 @@ def test_presets_load_and_document_every_field():
     assert not missing, f"undocumented fields: {missing}"
 
 
+def test_the_capacity_preset_changes_only_the_encoder_and_its_budget():
+    long, b0 = load_config("long").to_dict(), load_config("long_b0").to_dict()
+    changed = {(section, key) for section, values in long.items() if isinstance(values, dict)
+               for key, value in values.items() if b0[section][key] != value}
+    assert changed == {("model", "encoder"), ("teacher", "warmup_epochs"), ("schedule", "max_steps")}
+    assert b0["model"]["encoder"] == "efficientnet-b0" and b0["schedule"]["max_steps"] < long["schedule"]["max_steps"]
+
+
 def test_overrides_parse_as_toml_values():
     assert parse_override("schedule.epochs=3") == ("schedule.epochs", 3)
     assert parse_override("model.encoder=resnet18") == ("model.encoder", "resnet18")

@@ -62,8 +62,9 @@ def scoped_names(net: nn.Module) -> dict[str, str]:
     return out
 
 
-def following_batchnorm(net: nn.Module, probe: torch.Tensor) -> dict[str, nn.BatchNorm2d]:
-    """The BatchNorm that directly follows each convolution in a forward pass (absent for the heads)."""
+def forward_order(net: nn.Module, probe: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Convolutions and BatchNorms in the order a forward pass calls them; modules the pass never calls (an
+    encoder's unused classifier stem, such as EfficientNet's `_conv_head`) are absent, as from the export."""
     order: list[tuple[str, nn.Module]] = []
     hooks = [
         module.register_forward_hook(lambda m, i, o, name=name: order.append((name, m)))
@@ -76,6 +77,11 @@ def following_batchnorm(net: nn.Module, probe: torch.Tensor) -> dict[str, nn.Bat
     finally:
         for hook in hooks:
             hook.remove()
+    return order
+
+
+def following_batchnorm(order: list[tuple[str, nn.Module]]) -> dict[str, nn.BatchNorm2d]:
+    """The BatchNorm that directly follows each convolution of a `forward_order` (absent for the heads)."""
     return {
         name: nxt
         for (name, module), (_, nxt) in zip(order, order[1:])
@@ -117,7 +123,9 @@ def load_folded_weights(net: MT2Net, path: Path | str) -> dict[str, nn.BatchNorm
     """Copy every folded convolution of `path` into `net`; return the BatchNorms that took a folded bias."""
     name = Path(path).name
     stored = onnx_conv_weights(path)
-    own = scoped_names(net)
+    order = forward_order(net, torch.zeros(1, 3, 64, 64))
+    called = {module_name for module_name, _ in order}
+    own = {key: module_name for key, module_name in scoped_names(net).items() if module_name in called}
     if set(stored) != set(own):
         missing, extra = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
         raise ValueError(
@@ -125,7 +133,7 @@ def load_folded_weights(net: MT2Net, path: Path | str) -> dict[str, nn.BatchNorm
             f"(missing {missing[:3]}, unexpected {extra[:3]})"
         )
     modules = dict(net.named_modules())
-    norms = following_batchnorm(net, torch.zeros(1, 3, 64, 64))
+    norms = following_batchnorm(order)
     for key, (weight, bias) in stored.items():
         conv: nn.Conv2d = modules[own[key]]
         if tuple(weight.shape) != tuple(conv.weight.shape):
