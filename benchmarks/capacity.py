@@ -21,12 +21,12 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.peers_side import median_seconds
 from benchmarks.training import DEFAULT_FOLDERS, ROOT, Bench
 
 SHIPPED = "mobilenet_v2 128,64,32,16,16"
@@ -42,17 +42,6 @@ def parse_candidate(text: str) -> dict[str, Any]:
     change["model.decoder_channels"] = ([int(c) for c in parts[1].split(",")] if len(parts) == 2
                                         else [int(c) for c in SHIPPED.split()[1].split(",")])
     return change
-
-
-def timed(function: Any, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one untimed call."""
-    function()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
 
 
 def inference_seconds(net: Any, window: int, threads: int, repeats: int) -> tuple[float, float]:
@@ -73,7 +62,7 @@ def inference_seconds(net: Any, window: int, threads: int, repeats: int) -> tupl
         results = []
         for path in (fp32, int8):
             runner = ModelRunner(path, device="cpu", threads=threads)
-            results.append(timed(lambda: runner.run(batch), repeats))
+            results.append(median_seconds(lambda: runner.run(batch), repeats))
     return results[0], results[1]
 
 
