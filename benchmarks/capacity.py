@@ -28,8 +28,10 @@ import numpy as np
 
 from benchmarks.peers_side import median_seconds
 from benchmarks.training import DEFAULT_FOLDERS, ROOT, Bench
+from training.model import ModelConfig
 
-SHIPPED = "mobilenet_v2 128,64,32,16,16"
+SHIPPED_MODEL = ModelConfig()
+SHIPPED = f"{SHIPPED_MODEL.encoder} {','.join(map(str, SHIPPED_MODEL.decoder_channels))}"
 DEFAULT_CANDIDATES = (SHIPPED, "mobilenet_v2 256,128,64,32,16", "efficientnet-b0", "resnet18", "resnet34")
 
 
@@ -40,7 +42,7 @@ def parse_candidate(text: str) -> dict[str, Any]:
         raise ValueError(f"candidate must be 'ENCODER [C1,C2,...]', got {text!r}")
     change: dict[str, Any] = {"model.encoder": parts[0]}
     change["model.decoder_channels"] = ([int(c) for c in parts[1].split(",")] if len(parts) == 2
-                                        else [int(c) for c in SHIPPED.split()[1].split(",")])
+                                        else list(SHIPPED_MODEL.decoder_channels))
     return change
 
 

@@ -101,6 +101,24 @@ def test_the_capacity_preset_changes_only_the_encoder_and_its_budget():
     assert b0["model"]["encoder"] == "efficientnet-b0" and b0["schedule"]["max_steps"] < long["schedule"]["max_steps"]
 
 
+def test_a_preset_inherits_its_base_and_refuses_circles(tmp_path):
+    (tmp_path / "parent.toml").write_text('base = "long"\n[schedule]\nmax_steps = 123\n')
+    (tmp_path / "child.toml").write_text('base = "parent.toml"\n[optim]\nlr = 1e-4\n')
+    child, long = load_config(tmp_path / "child.toml"), load_config("long")
+    assert (child.schedule.max_steps, child.optim.lr, child.preset) == (123, 1e-4, "child")
+    assert child.augment == long.augment and child.teacher == long.teacher
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(ConfigError, match="circle"):
+        load_config(tmp_path / "a.toml")
+    (tmp_path / "bad.toml").write_text("base = 3\n")
+    with pytest.raises(ConfigError, match="bad.toml: base must be"):
+        load_config(tmp_path / "bad.toml")
+    (tmp_path / "lost.toml").write_text('base = "no_such_preset"\n')
+    with pytest.raises(ConfigError, match="no_such_preset"):
+        load_config(tmp_path / "lost.toml")
+
+
 def test_overrides_parse_as_toml_values():
     assert parse_override("schedule.epochs=3") == ("schedule.epochs", 3)
     assert parse_override("model.encoder=resnet18") == ("model.encoder", "resnet18")

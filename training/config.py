@@ -2,7 +2,8 @@
 
 A `TrainConfig` is a tree of frozen dataclasses, one per stage (data, targets, augmentation, losses, Mean
 Teacher, optimiser, schedule, validation, runtime). Presets in ``training/presets/<name>.toml`` override the
-defaults section by section; unknown keys are refused so a typo never trains silently with a default.
+defaults section by section; unknown keys are refused so a typo never trains silently with a default. A preset
+may name another as its ``base`` (a bundled name, or a ``.toml`` file beside it) and set only what differs.
 """
 
 from __future__ import annotations
@@ -352,13 +353,31 @@ def preset_path(path_or_name: str | Path) -> Path:
     return bundled
 
 
-def load_config(path_or_preset_name: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Defaults, then the preset file, then `overrides` (dotted keys or nested dicts)."""
-    path = preset_path(path_or_preset_name)
+def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset file's table merged over its ``base`` preset's (a name or path), recursively."""
+    if path.resolve() in seen:
+        chain = " -> ".join(p.name for p in (*seen, path.resolve()))
+        raise ConfigError(f"{path.name}: presets inherit in a circle ({chain})")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path.name}: not valid TOML ({error})") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path.name}: base must be a preset name or a path, not {base!r}")
+    # A file name is read beside this file; a bare word is a bundled preset.
+    parent_path = preset_path(path.parent / base if base.endswith(".toml") else base)
+    parent = _read_preset(parent_path, (*seen, path.resolve()))
+    parent.pop("preset", None)
+    return _merge(parent, data)
+
+
+def load_config(path_or_preset_name: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the preset file (over its ``base`` preset, if it names one), then `overrides`."""
+    path = preset_path(path_or_preset_name)
+    data = _read_preset(path)
     data.setdefault("preset", path.stem)
     data = _merge(data, _nest(overrides or {}))
     try:
