@@ -11,13 +11,20 @@ over all images) is appended to RUN/curve.csv, and the whole curve is printed as
 `--reference` the shipped model's row is scored once and kept in the same file as step "reference".
 CPU hours come from the run's log.csv (CPU seconds per step of each logged epoch, both threads counted, the
 steps since the last logged epoch at the latest rate): they count the training process only.
+
+Every row's per-image F1 is kept in RUN/curve_images.csv, so a new row is compared with an earlier one image by
+image (`--against`, default the best earlier row): the mean paired difference per folder with its standard
+error, which says whether a gain is beyond the tuning split's noise. `--model DIR --label NAME` scores an
+exported model folder (another run's shipped weights, say) under the same settings as a row of its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +36,9 @@ from benchmarks.accuracy import check_labelled_folders, folder_name, predict_wit
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVE = "curve.csv"
+IMAGES = "curve_images.csv"
 REFERENCE = "reference"
+ALL = "all"
 
 
 def cpu_hours(log_csv: Path, step: int) -> float:
@@ -48,10 +57,14 @@ def cpu_hours(log_csv: Path, step: int) -> float:
     return total / 3600.0
 
 
-def score_model(model: Path, folders: list[Path], threads: int, app_args: str, work: Path) -> dict[str, float]:
-    """Mean F1 per folder (by `folder_name`) and over all images ("all") of one model through the app."""
-    scores: dict[str, float] = {}
-    every: list[float] = []
+PerImage = list[tuple[str, str, float]]  # (folder name, image name, F1)
+
+
+def score_model(model: Path, folders: list[Path], threads: int, app_args: str,
+                work: Path) -> tuple[dict[str, float], PerImage]:
+    """Mean F1 per folder (by `folder_name`) and over all images ("all") of one model through the app, and
+    every image's F1."""
+    per_image: PerImage = []
     taken: set[str] = set()
     for index, folder in enumerate(folders):
         pred = work / str(index)
@@ -59,25 +72,91 @@ def score_model(model: Path, folders: list[Path], threads: int, app_args: str, w
         predict_with_app(folder / "images", pred, model, threads, "none",
                          ("--precision", "fp32", *shlex.split(app_args)))
         pred.mkdir(parents=True, exist_ok=True)
-        f1s = [s.f1 for _, s in evaluate_folders(folder / "labels", pred)]
-        scores[folder_name(folder, taken)] = sum(f1s) / max(len(f1s), 1)
-        every += f1s
-    scores["all"] = sum(every) / max(len(every), 1)
-    return scores
+        name = folder_name(folder, taken)
+        per_image += [(name, image, s.f1) for image, s in evaluate_folders(folder / "labels", pred)]
+    return mean_scores(per_image), per_image
+
+
+def mean_scores(per_image: PerImage) -> dict[str, float]:
+    """Mean F1 per folder, in first-seen order, and over every image ("all")."""
+    groups: dict[str, list[float]] = {}
+    for folder, _, f1 in per_image:
+        groups.setdefault(folder, []).append(f1)
+    groups[ALL] = [f1 for _, _, f1 in per_image]
+    return {name: sum(values) / max(len(values), 1) for name, values in groups.items()}
+
+
+def paired_difference(new: PerImage, old: PerImage) -> dict[str, tuple[float, float, int]]:
+    """Per folder and over all: (mean of new - old over the images both scored, its standard error, count)."""
+    before = {(folder, image): f1 for folder, image, f1 in old}
+    groups: dict[str, list[float]] = {}
+    for folder, image, f1 in new:
+        if (folder, image) in before:
+            diff = f1 - before[(folder, image)]
+            groups.setdefault(folder, []).append(diff)
+            groups.setdefault(ALL, []).append(diff)
+    result = {}
+    for name, diffs in groups.items():
+        n = len(diffs)
+        mean = sum(diffs) / n
+        spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+        result[name] = (mean, spread / math.sqrt(n), n)
+    if ALL in result:
+        result[ALL] = result.pop(ALL)
+    return result
+
+
+def read_images(path: Path) -> dict[str, PerImage]:
+    """Per-image F1 of every scored row, by row label."""
+    rows: dict[str, PerImage] = {}
+    if path.is_file():
+        for row in csv.DictReader(open(path)):
+            rows.setdefault(row["step"], []).append((row["folder"], row["image"], float(row["f1"])))
+    return rows
+
+
+def write_images(path: Path, rows: dict[str, PerImage]) -> None:
+    from app.writer import write_text
+
+    lines = ["step,folder,image,f1"] + [f"{label},{folder},{image},{f1:.4f}" for label, scored in rows.items()
+                                         for folder, image, f1 in scored]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def comparison(label: str, against: str, diffs: dict[str, tuple[float, float, int]]) -> str:
+    """One line: the paired difference per folder with its standard error."""
+    parts = [f"{name} {mean:+.4f} ± {se:.4f} (n={n})" for name, (mean, se, n) in diffs.items()]
+    return f"{label} against {against}, paired by image (mean difference ± standard error): " + "; ".join(parts)
+
+
+def give_postprocess(model: Path, reference: Path) -> None:
+    """The reference weights' post-processing written into `model`'s manifest (only the network differs)."""
+    from app.manifest import class_settings, postprocess_settings, store_postprocess
+
+    if (reference / "manifest.json").is_file():
+        store_postprocess(model, postprocess_settings(reference), f"copied from {reference.name}",
+                          class_settings(reference))
 
 
 def export_checkpoint_model(checkpoint: Path, reference: Path, out: Path) -> int:
     """The checkpoint's teacher as fp32 ONNX in `out`, with the reference weights' post-processing; its step."""
-    from app.manifest import class_settings, postprocess_settings, store_postprocess
     from training.checkpoint import load_checkpoint
     from training.export import export_fp32_only
 
     step = int(load_checkpoint(checkpoint)["step"])
     export_fp32_only(checkpoint, out)
-    if (reference / "manifest.json").is_file():
-        store_postprocess(out, postprocess_settings(reference), f"copied from {reference.name}",
-                          class_settings(reference))
+    give_postprocess(out, reference)
     return step
+
+
+def copy_model(model: Path, reference: Path, out: Path) -> None:
+    """An exported model folder's fp32 file and manifest copied to `out`, with the reference's post-processing."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.json", "mt2.fp32.onnx"):
+        if not (model / name).is_file():
+            raise SystemExit(f"--model {model}: no {name}")
+        shutil.copy2(model / name, out / name)
+    give_postprocess(out, reference)
 
 
 def read_curve(path: Path) -> list[dict[str, str]]:
@@ -94,48 +173,82 @@ def write_curve(path: Path, rows: list[dict[str, str]]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
+def row_order(row: dict[str, str]) -> tuple[int, int, str]:
+    """The reference first, then checkpoints by step, then other labelled models by name."""
+    label = row["step"]
+    if label == REFERENCE:
+        return (0, 0, label)
+    return (1, int(label), "") if label.isdigit() else (2, 0, label)
+
+
 def table(rows: list[dict[str, str]]) -> list[str]:
     """The curve as markdown: one row per scored checkpoint, the reference first."""
     if not rows:
         return []
     columns = [k for k in rows[0] if k not in ("step", "cpu_hours", "seconds")]
     lines = ["| step | CPU hours | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
-    for row in sorted(rows, key=lambda r: -1 if r["step"] == REFERENCE else int(r["step"])):
+    for row in sorted(rows, key=row_order):
         lines.append(f"| {row['step']} | {row['cpu_hours']} | " + " | ".join(row.get(c, "") for c in columns) + " |")
     return lines
 
 
+def best_other(rows: list[dict[str, str]], scored: dict[str, PerImage], label: str) -> str | None:
+    """The label of the best-scoring ("all") other row whose per-image F1 is kept, if any."""
+    others = [r for r in rows if r["step"] != label and r["step"] in scored and r.get(ALL)]
+    return max(others, key=lambda r: float(r[ALL]))["step"] if others else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="run folder (last.pt, log.csv)")
+    parser.add_argument("--run", type=Path, required=True, help="run folder (last.pt, log.csv; the curve's files)")
     parser.add_argument("--checkpoint", default="last.pt", help="checkpoint file name in the run folder")
+    parser.add_argument("--model", type=Path, help="score this exported model folder instead of a checkpoint")
+    parser.add_argument("--label", help="the row name of --model (not a number)")
     parser.add_argument("--folders", type=Path, nargs="+", required=True, help="labelled folders to score")
     parser.add_argument("--reference", type=Path, default=ROOT / "weights",
                         help="weights whose post-processing the checkpoint gets (and scored once as 'reference')")
     parser.add_argument("--score-reference", action="store_true", help="also score the reference weights")
+    parser.add_argument("--against", help="row to compare the new one with, image by image (default: best other)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--app-args", default="--flips 1", help="extra options of app predict (default: one view)")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.label is None):
+        parser.error("--model and --label go together")
+    if args.label is not None and (args.label.isdigit() or args.label == REFERENCE or "," in args.label):
+        parser.error(f"--label {args.label}: a name that is not a step, 'reference' or holds a comma")
     setup_logging()
     check_labelled_folders(parser, args.folders)
     curve = args.run / CURVE
-    rows = read_curve(curve)
+    rows, scored = read_curve(curve), read_images(args.run / IMAGES)
     with tempfile.TemporaryDirectory(prefix="mt2-curve-") as tmp:
         work = Path(tmp)
         if args.score_reference and not any(r["step"] == REFERENCE for r in rows):
             started = time.perf_counter()
-            scores = score_model(args.reference, args.folders, args.threads, args.app_args, work / "ref")
+            scores, scored[REFERENCE] = score_model(args.reference, args.folders, args.threads, args.app_args,
+                                                    work / "ref")
             rows.append({"step": REFERENCE, "cpu_hours": "", **{k: f"{v:.4f}" for k, v in scores.items()},
                          "seconds": f"{time.perf_counter() - started:.0f}"})
         started = time.perf_counter()
-        model = args.run / "curve_model"
-        step = export_checkpoint_model(args.run / args.checkpoint, args.reference, model)
-        scores = score_model(model, args.folders, args.threads, args.app_args, work / "run")
-        rows = [r for r in rows if r["step"] != str(step)]
-        rows.append({"step": str(step), "cpu_hours": f"{cpu_hours(args.run / 'log.csv', step):.2f}",
-                     **{k: f"{v:.4f}" for k, v in scores.items()}, "seconds": f"{time.perf_counter() - started:.0f}"})
+        label: str
+        if args.model is not None:
+            model, label, hours = work / "model", str(args.label), ""
+            copy_model(args.model, args.reference, model)
+        else:
+            model = args.run / "curve_model"
+            step = export_checkpoint_model(args.run / args.checkpoint, args.reference, model)
+            label, hours = str(step), f"{cpu_hours(args.run / 'log.csv', step):.2f}"
+        scores, scored[label] = score_model(model, args.folders, args.threads, args.app_args, work / "run")
+        rows = [r for r in rows if r["step"] != label]
+        rows.append({"step": label, "cpu_hours": hours, **{k: f"{v:.4f}" for k, v in scores.items()},
+                     "seconds": f"{time.perf_counter() - started:.0f}"})
     write_curve(curve, rows)
+    write_images(args.run / IMAGES, scored)
     print("\n".join(table(rows)))
+    against = args.against or best_other(rows, scored, label)
+    if against is not None and against in scored:
+        print(comparison(label, against, paired_difference(scored[label], scored[against])))
+    elif args.against:
+        print(f"--against {args.against}: no per-image scores kept for that row")
     print(f"App options: {args.app_args or '(none)'}; post-processing of {args.reference.name}. "
           f"Command: `python -m benchmarks.curve {' '.join(sys.argv[1:] if argv is None else argv)}`")
     return 0

@@ -44,3 +44,39 @@ def test_a_checkpoint_is_scored_and_appended_to_the_curve(tmp_path: Path, capsys
     assert (run / "curve_model" / "manifest.json").read_text().count('"min_seed_area": 8') == 1
     out = capsys.readouterr().out
     assert "| step | CPU hours | lab | all |" in out and "| reference |" in out
+
+
+def test_paired_difference_uses_the_images_both_rows_scored() -> None:
+    old = [("a", "1", 0.5), ("a", "2", 0.7), ("b", "3", 0.9)]
+    new = [("a", "1", 0.6), ("a", "2", 0.7), ("b", "3", 0.8), ("b", "4", 1.0)]
+    diffs = curve.paired_difference(new, old)
+    assert list(diffs) == ["a", "b", curve.ALL]
+    assert diffs["a"][0] == pytest.approx(0.05) and diffs["a"][1] == pytest.approx(0.05) and diffs["a"][2] == 2
+    assert diffs["b"] == (pytest.approx(-0.1), 0.0, 1)  # image 4 has no earlier score
+    mean, se, n = diffs[curve.ALL]
+    assert (mean, n) == (pytest.approx(0.0), 3) and se == pytest.approx(0.1 / 3 ** 0.5)  # differences 0.1, 0, -0.1: sd 0.1
+    assert curve.mean_scores(new) == {"a": pytest.approx(0.65), "b": pytest.approx(0.9), "all": pytest.approx(0.775)}
+
+
+def test_an_exported_model_is_scored_as_a_named_row_and_compared_image_by_image(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    folder = labelled_disc_folder(tmp_path / "lab", 2, (96, 96), [(30, 30), (60, 64)], 9)
+    good, reference = tmp_path / "good", tmp_path / "weights"
+    for model in (good, reference):
+        contract_model(model / "mt2.fp32.onnx")
+        write_manifest(model, ["mt2.fp32.onnx"], {})
+    store_postprocess(reference, {"min_seed_area": 8, "cell_threshold": 0.2}, "test")
+    base = ["--run", str(run), "--folders", str(folder), "--reference", str(reference)]
+    assert curve.main(base + ["--model", str(good), "--label", "good", "--score-reference"]) == 0
+    out = capsys.readouterr().out
+    assert "good against reference, paired by image" in out and "all +0.0000 ± 0.0000 (n=2)" in out
+    assert "min_seed_area" not in (good / "manifest.json").read_text()  # the model folder itself is untouched
+    scored = curve.read_images(run / curve.IMAGES)
+    assert sorted(scored) == ["good", curve.REFERENCE] and len(scored["good"]) == 2
+    assert [r["step"] for r in sorted(curve.read_curve(run / curve.CURVE), key=curve.row_order)] == [
+        curve.REFERENCE, "good"]
+    with pytest.raises(SystemExit):
+        curve.main(base + ["--model", str(good), "--label", "123"])  # a label that looks like a step
+    with pytest.raises(SystemExit):
+        curve.main(base + ["--model", str(good)])  # --model without --label
