@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import shlex
 import shutil
@@ -118,9 +119,12 @@ def read_images(path: Path) -> dict[str, PerImage]:
 def write_images(path: Path, rows: dict[str, PerImage]) -> None:
     from app.writer import write_text
 
-    lines = ["step,folder,image,f1"] + [f"{label},{folder},{image},{f1:.4f}" for label, scored in rows.items()
-                                         for folder, image, f1 in scored]
-    write_text(path, "\n".join(lines) + "\n")
+    text = io.StringIO()
+    out = csv.writer(text, lineterminator="\n")  # quotes image names that hold commas
+    out.writerow(["step", "folder", "image", "f1"])
+    out.writerows([label, folder, image, f"{f1:.4f}"] for label, scored in rows.items()
+                  for folder, image, f1 in scored)
+    write_text(path, text.getvalue())
 
 
 def comparison(label: str, against: str, diffs: dict[str, tuple[float, float, int]]) -> str:

@@ -80,3 +80,9 @@ def test_an_exported_model_is_scored_as_a_named_row_and_compared_image_by_image(
         curve.main(base + ["--model", str(good), "--label", "123"])  # a label that looks like a step
     with pytest.raises(SystemExit):
         curve.main(base + ["--model", str(good)])  # --model without --label
+
+
+def test_per_image_scores_round_trip_names_with_commas(tmp_path: Path) -> None:
+    rows = {"reference": [("lab", "a,b.tif", 0.5)], "12": [("lab", "a,b.tif", 0.75), ("tune", "c", 1.0)]}
+    curve.write_images(tmp_path / curve.IMAGES, rows)
+    assert curve.read_images(tmp_path / curve.IMAGES) == rows
