@@ -54,7 +54,8 @@ def test_paired_difference_uses_the_images_both_rows_scored() -> None:
     assert diffs["a"][0] == pytest.approx(0.05) and diffs["a"][1] == pytest.approx(0.05) and diffs["a"][2] == 2
     assert diffs["b"] == (pytest.approx(-0.1), 0.0, 1)  # image 4 has no earlier score
     mean, se, n = diffs[curve.ALL]
-    assert (mean, n) == (pytest.approx(0.0), 3) and se == pytest.approx(0.1 / 3 ** 0.5)  # differences 0.1, 0, -0.1: sd 0.1
+    # differences 0.1, 0, -0.1: sample sd 0.1
+    assert (mean, n) == (pytest.approx(0.0), 3) and se == pytest.approx(0.1 / 3 ** 0.5)
     assert curve.mean_scores(new) == {"a": pytest.approx(0.65), "b": pytest.approx(0.9), "all": pytest.approx(0.775)}
 
 
