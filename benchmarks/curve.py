@@ -117,13 +117,18 @@ def read_images(path: Path) -> dict[str, PerImage]:
 
 
 def write_images(path: Path, rows: dict[str, PerImage]) -> None:
+    write_csv(path, ["step", "folder", "image", "f1"],
+              [[label, folder, image, f"{f1:.4f}"] for label, scored in rows.items() for folder, image, f1 in scored])
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """A CSV file written whole (temporary name, then rename); fields holding commas are quoted."""
     from app.writer import write_text
 
     text = io.StringIO()
-    out = csv.writer(text, lineterminator="\n")  # quotes image names that hold commas
-    out.writerow(["step", "folder", "image", "f1"])
-    out.writerows([label, folder, image, f"{f1:.4f}"] for label, scored in rows.items()
-                  for folder, image, f1 in scored)
+    out = csv.writer(text, lineterminator="\n")
+    out.writerow(header)
+    out.writerows(rows)
     write_text(path, text.getvalue())
 
 
@@ -168,13 +173,10 @@ def read_curve(path: Path) -> list[dict[str, str]]:
 
 
 def write_curve(path: Path, rows: list[dict[str, str]]) -> None:
-    from app.writer import write_text
-
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    lines = [",".join(fields)] + [",".join(str(row.get(k, "")) for k in fields) for row in rows]
-    write_text(path, "\n".join(lines) + "\n")
+    write_csv(path, fields, [[str(row.get(k, "")) for k in fields] for row in rows])
 
 
 def row_order(row: dict[str, str]) -> tuple[int, int, str]:
@@ -218,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.model is None) != (args.label is None):
         parser.error("--model and --label go together")
-    if args.label is not None and (args.label.isdigit() or args.label == REFERENCE or "," in args.label):
-        parser.error(f"--label {args.label}: a name that is not a step, 'reference' or holds a comma")
+    if args.label is not None and (args.label.isdigit() or args.label == REFERENCE):
+        parser.error(f"--label {args.label}: a name that is not a step number or 'reference'")
     setup_logging()
     check_labelled_folders(parser, args.folders)
     curve = args.run / CURVE
