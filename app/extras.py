@@ -15,7 +15,6 @@ challenge's, where start-up is paid per image) does not load them.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -27,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from app.config import OVERLAY_PALETTE
+from app.writer import rows_csv
 
 # The extras that read the normalised image besides the label map (the pipeline keeps it only for them).
 NEEDS_IMAGE = frozenset({"overlay", "measure"})
@@ -219,10 +219,6 @@ def write_csv(handle: BinaryIO, table: dict[str, np.ndarray], header: bool = Tru
         table[c].astype(np.int64).astype(str) if c in _INTEGER_COLUMNS else np.char.mod("%.4f", table[c])
         for c in columns
     ]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    if header:
-        writer.writerow(columns)
-    writer.writerows(zip(*formatted))
-    handle.write(text.getvalue().encode("utf-8"))
+    rows = zip(*formatted)
+    handle.write(rows_csv([columns, *rows] if header else rows).encode("utf-8"))
 

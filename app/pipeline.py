@@ -42,7 +42,7 @@ from app.segment import segment
 from app.slides.source import is_slide
 from app.timing import process_age, timed
 from app.tolerance import penalised, tolerance
-from app.writer import output_name, write_atomic, write_labels, write_text
+from app.writer import output_name, rows_csv, write_atomic, write_labels, write_text
 
 log = logging.getLogger(__name__)
 
@@ -240,15 +240,13 @@ def report_csv(rows: list[dict[str, Any]]) -> str:
     """The report as CSV text: one row per image, fixed columns then per-stage seconds."""
     stages = stage_columns(rows)
     columns = [*REPORT_COLUMNS, *(SLIDE_COLUMNS if any("tiles" in row for row in rows) else ())]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*columns, *stages])
+    lines: list[list[str]] = [[*columns, *stages]]
     for row in rows:
         cells = [_fmt(row.get(c, "")) for c in columns]
         times = row.get("_stages", {})
         cells += [_fmt(times[c[:-2]]) if c[:-2] in times else "" for c in stages]
-        writer.writerow(cells)
-    return buffer.getvalue()
+        lines.append(cells)
+    return rows_csv(lines)
 
 
 def read_report(path: Path) -> list[dict[str, str]]:

@@ -9,8 +9,6 @@ no `<name>_label.tiff` behind, or exits with an error, counts as a failure of th
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 import subprocess
@@ -24,7 +22,7 @@ from app.config import CHALLENGE, InferenceConfig
 from app.errors import InputError
 from app.reader import list_inputs, read_image
 from app.tolerance import tolerance
-from app.writer import output_name, write_text
+from app.writer import output_name, rows_csv, write_text
 
 DOCKER = "docker"
 CONTAINER_INPUTS = "/workspace/inputs/"
@@ -157,11 +155,7 @@ def run_protocol(
 
 def csv_text(runs: Sequence[TimedRun]) -> str:
     """The organisers' table: image name, real running time, ranked (penalised) running time."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    writer.writerows([run.name, f"{run.seconds:.3f}", f"{run.penalised:.3f}"] for run in runs)
-    return buffer.getvalue()
+    return rows_csv([CSV_HEADER, *([run.name, f"{run.seconds:.3f}", f"{run.penalised:.3f}"] for run in runs)])
 
 
 def write_csv(path: Path | str, runs: Sequence[TimedRun]) -> Path:

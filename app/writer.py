@@ -7,8 +7,11 @@ nothing behind.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -76,6 +79,13 @@ def write_labels(path: Path | str, labels: np.ndarray) -> Path:
     return write_atomic(
         path, lambda handle: tifffile.imwrite(handle, data, compression="zlib", photometric="minisblack")
     )
+
+
+def rows_csv(rows: Iterable[Iterable[Any]]) -> str:
+    """Rows as CSV text with "\\n" line ends; fields holding commas or quotes are quoted."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
 
 
 def write_text(path: Path | str, text: str) -> Path:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -78,33 +78,33 @@ def score_model(model: Path, folders: list[Path], threads: int, app_args: str,
     return mean_scores(per_image), per_image
 
 
+def by_folder(values: list[tuple[str, float]]) -> dict[str, list[float]]:
+    """(folder, value) pairs grouped per folder in first-seen order, then every value under "all"."""
+    groups: dict[str, list[float]] = {}
+    for folder, value in values:
+        groups.setdefault(folder, []).append(value)
+    groups[ALL] = [value for _, value in values]
+    return groups
+
+
 def mean_scores(per_image: PerImage) -> dict[str, float]:
     """Mean F1 per folder, in first-seen order, and over every image ("all")."""
-    groups: dict[str, list[float]] = {}
-    for folder, _, f1 in per_image:
-        groups.setdefault(folder, []).append(f1)
-    groups[ALL] = [f1 for _, _, f1 in per_image]
+    groups = by_folder([(folder, f1) for folder, _, f1 in per_image])
     return {name: sum(values) / max(len(values), 1) for name, values in groups.items()}
 
 
 def paired_difference(new: PerImage, old: PerImage) -> dict[str, tuple[float, float, int]]:
     """Per folder and over all: (mean of new - old over the images both scored, its standard error, count)."""
     before = {(folder, image): f1 for folder, image, f1 in old}
-    groups: dict[str, list[float]] = {}
-    for folder, image, f1 in new:
-        if (folder, image) in before:
-            diff = f1 - before[(folder, image)]
-            groups.setdefault(folder, []).append(diff)
-            groups.setdefault(ALL, []).append(diff)
-    result = {}
-    for name, diffs in groups.items():
-        n = len(diffs)
-        mean = sum(diffs) / n
-        spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
-        result[name] = (mean, spread / math.sqrt(n), n)
-    if ALL in result:
-        result[ALL] = result.pop(ALL)
-    return result
+    groups = by_folder([(folder, f1 - before[(folder, image)]) for folder, image, f1 in new
+                        if (folder, image) in before])
+    return {name: mean_and_error(diffs) for name, diffs in groups.items() if diffs}
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (0 for one value) and count."""
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), error, len(values)
 
 
 def read_images(path: Path) -> dict[str, PerImage]:
@@ -117,19 +117,11 @@ def read_images(path: Path) -> dict[str, PerImage]:
 
 
 def write_images(path: Path, rows: dict[str, PerImage]) -> None:
-    write_csv(path, ["step", "folder", "image", "f1"],
-              [[label, folder, image, f"{f1:.4f}"] for label, scored in rows.items() for folder, image, f1 in scored])
+    from app.writer import rows_csv, write_text
 
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    """A CSV file written whole (temporary name, then rename); fields holding commas are quoted."""
-    from app.writer import write_text
-
-    text = io.StringIO()
-    out = csv.writer(text, lineterminator="\n")
-    out.writerow(header)
-    out.writerows(rows)
-    write_text(path, text.getvalue())
+    write_text(path, rows_csv([["step", "folder", "image", "f1"],
+                               *([label, folder, image, f"{f1:.4f}"] for label, scored in rows.items()
+                                 for folder, image, f1 in scored)]))
 
 
 def comparison(label: str, against: str, diffs: dict[str, tuple[float, float, int]]) -> str:
@@ -173,10 +165,12 @@ def read_curve(path: Path) -> list[dict[str, str]]:
 
 
 def write_curve(path: Path, rows: list[dict[str, str]]) -> None:
+    from app.writer import rows_csv, write_text
+
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    write_csv(path, fields, [[str(row.get(k, "")) for k in fields] for row in rows])
+    write_text(path, rows_csv([fields, *([str(row.get(k, "")) for k in fields] for row in rows)]))
 
 
 def row_order(row: dict[str, str]) -> tuple[int, int, str]:
