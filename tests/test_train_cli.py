@@ -101,6 +101,15 @@ def test_the_capacity_preset_changes_only_the_encoder_and_its_budget():
     assert b0["model"]["encoder"] == "efficientnet-b0" and b0["schedule"]["max_steps"] < long["schedule"]["max_steps"]
 
 
+def test_the_second_cycle_preset_restarts_lower_and_ends_where_stage_11_ended():
+    long, cycle = load_config("long"), load_config("long_cycle2")
+    assert cycle.model == long.model and cycle.data == long.data and cycle.teacher == long.teacher
+    assert cycle.optim.lr == cycle.optim.encoder_lr == long.optim.lr / 2
+    assert cycle.optim.lr * cycle.optim.min_lr_ratio == pytest.approx(long.optim.lr * long.optim.min_lr_ratio)
+    assert long.augment.stain_scale < cycle.augment.stain_scale <= 0.2  # below Tellez et al.'s "HED-strong"
+    assert cycle.schedule.max_steps < long.schedule.max_steps
+
+
 def test_a_preset_inherits_its_base_and_refuses_circles(tmp_path):
     (tmp_path / "parent.toml").write_text('base = "long"\n[schedule]\nmax_steps = 123\n')
     (tmp_path / "child.toml").write_text('base = "parent.toml"\n[optim]\nlr = 1e-4\n')
