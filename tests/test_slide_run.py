@@ -6,11 +6,9 @@ stream, and a damaged slide is one line."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from threading import Lock
@@ -171,33 +169,48 @@ def cli_args(cfg: InferenceConfig) -> list[str]:
     return args
 
 
+# `python -m app predict ARGS` in a fresh interpreter that sends itself SIGKILL as its tile number `kill_at` starts
+# (0: never): a real kill -9 of the real command, at a point that does not depend on how fast the machine is.
+KILLED_AT_TILE = """
+import os, signal, sys
+from app.cli import cli
+from app.slides import run, schedule
+kill_at, real, calls = int(sys.argv[1]), schedule.segment_tile, []
+def dying(job):
+    calls.append(job)
+    if len(calls) == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(job)
+schedule.segment_tile, run.RECORD_SECONDS = dying, 0.0  # every finished tile recorded at once
+cli(sys.argv[2:], prog_name="app")
+"""
+
+
 def test_kill_9_then_resume_gives_identical_labels(tmp_path: Path, model: Path) -> None:
     image, _ = disc_slide(1700, 1700, spacing=36)
     cfg = SLIDE_CFG.with_overrides(slide_tile_size=128, slide_tile_halo=32, slide_threads=1)  # 196 tiles
-    code, out, _ = predict(tmp_path / "whole", image, model, cfg)
-    reference = tifffile.imread(out / "s_label.tiff")
+
+    def command(folder: Path, kill_at: int) -> subprocess.CompletedProcess:
+        args = ["predict", "--input", str(folder / "in"), "--output", str(folder / "out"), "--model", str(model),
+                *cli_args(cfg)]
+        return subprocess.run([sys.executable, "-c", KILLED_AT_TILE, str(kill_at), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+
+    for folder in (tmp_path / "whole", tmp_path / "killed"):
+        (folder / "in").mkdir(parents=True)
+        write_tiled(folder / "in" / "s.tif", image)
+    assert command(tmp_path / "whole", 0).returncode == 0
+    reference = tifffile.imread(tmp_path / "whole" / "out" / "s_label.tiff")
     folder = tmp_path / "killed"
-    (folder / "in").mkdir(parents=True)
-    write_tiled(folder / "in" / "s.tif", image)
     record, parts = record_paths(folder / "out" / "s_label.tiff")
-    process = subprocess.Popen([sys.executable, "-m", "app", "predict", "--input", str(folder / "in"), "--output",
-                                str(folder / "out"), "--model", str(model), *cli_args(cfg)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done: dict = {}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            done = json.loads(record.read_text())["done"]
-        except (OSError, ValueError):
-            done = {}
-        if done:
-            break
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 0 < len(done) < 196, "the run ended before it could be killed"
+    killed = command(folder, 60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    done = json.loads(record.read_text())["done"]
+    assert 50 <= len(done) < 60  # the tiles finished before the kill, less any whose record was not yet written
     assert not (folder / "out" / "s_label.tiff").exists()
-    assert run_folder(folder / "in", folder / "out", model, cfg) == 0
+    resumed = command(folder, 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {record.name}, {len(done)} of 196 tissue tile(s) already done" in resumed.stdout
     assert np.array_equal(tifffile.imread(folder / "out" / "s_label.tiff"), reference)
     assert not record.exists() and not parts.exists()
     assert sorted(p.name for p in (folder / "out").iterdir()) == ["s_label.tiff"]  # no temporary file left
