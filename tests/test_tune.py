@@ -260,6 +260,11 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     assert result.exit_code == 0 and "target diameter 12 px (fluorescence 14 px)" in result.output
     stored = postprocess_settings(weights)
     assert (stored["target_diameter"], stored["fluorescence_target_diameter"]) == (12.0, 14.0)
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write"])  # no target given: the manifest's stay
+    assert result.exit_code == 0 and "target diameter 12 px (fluorescence 14 px)" in result.output
+    stored = postprocess_settings(weights)
+    assert (stored["target_diameter"], stored["fluorescence_target_diameter"]) == (12.0, 14.0)
     result = CliRunner().invoke(cli, [*predict, "--report", str(tmp_path / "r.csv")])
     assert result.exit_code == 0, result.output
     row = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
