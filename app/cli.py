@@ -244,10 +244,10 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         raise click.ClickException(str(exc)) from exc
     base = InferenceConfig(device=device, threads=threads, scale_mode=scale_mode)
     # The diameter estimate runs with the thresholds predict would use now; the grid then scores every setting.
-    # Target sizes not given keep the manifest's (a None here would drop the stored value for the default).
+    # Views and fusion are the grid's to choose; target sizes not given keep the manifest's (with_overrides skips
+    # None, so they go on in a second step rather than over the stored values).
     targets = {"target_diameter": target_diameter, "fluorescence_target_diameter": fluorescence_target_diameter}
-    given = {name: value for name, value in targets.items() if value is not None}
-    cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None, **given})
+    cfg = base.with_overrides(**{**stored, "flips": None, "fusion": None}).with_overrides(**targets)
     click.echo(describe_scale_rule(cfg), err=True)
     click.echo(f"model {runner.path.name} ({runner.precision}); {len(pairs)} labelled image(s)", err=True)
     try:

@@ -19,6 +19,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,18 +29,28 @@ from app.writer import write_atomic
 from benchmarks.accuracy import check_labelled_folders
 from benchmarks.inputs import pairs
 
-
-def restained(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray | None:
-    """An H×W×3 uint8 colour image with random stain densities (module docstring); None for an image that is
-    not stained colour (`training.augment.stained`)."""
+if TYPE_CHECKING:
     import torch
 
-    from training.augment import stain_shift, stained
+
+def stain_tensor(image: np.ndarray) -> torch.Tensor | None:
+    """An H×W×3 uint8 image as the 3×H×W float tensor `training.augment.stain_shift` takes; None for an image
+    that is not stained colour (`training.augment.stained`): grey, single-signal or 16-bit."""
+    import torch
+
+    from training.augment import stained
+
+    if image.dtype != np.uint8:
+        return None
+    tensor = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return tensor if stained(tensor) else None
+
+
+def restained(tensor: torch.Tensor, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """The colour image `tensor` (`stain_tensor`) with random stain densities (module docstring), H×W×3 uint8."""
+    from training.augment import stain_shift
     from training.config import AugmentConfig
 
-    tensor = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
-    if image.dtype != np.uint8 or not stained(tensor):
-        return None
     cfg = AugmentConfig(stain_p=1.0, stain_scale=strength, stain_shift=strength)
     out = stain_shift(tensor, rng, cfg).permute(1, 2, 0).numpy()
     return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
@@ -58,13 +69,13 @@ def restain_folder(data: Path, out: Path, strength: float, copies: int, seed: in
     (out / "labels").mkdir(parents=True, exist_ok=True)
     written = 0
     for index, (image_path, label_path) in enumerate(pairs(data, 0)):
-        image = to_rgb(read_image(image_path, 10**9))
+        tensor = stain_tensor(to_rgb(read_image(image_path, 10**9)))
+        if tensor is None:
+            continue  # no stain to change
         for copy in range(copies):
-            new = restained(image, strength, np.random.default_rng([seed, index, copy]))
-            if new is None:
-                break  # grey, single-signal or 16-bit: no stain to change
             stem = f"{image_path.stem}_s{copy}"
-            write_png(out / "images" / f"{stem}.png", new)
+            rng = np.random.default_rng([seed, index, copy])
+            write_png(out / "images" / f"{stem}.png", restained(tensor, strength, rng))
             shutil.copyfile(label_path, out / "labels" / f"{stem}_label.tiff")
             written += 1
     return written
