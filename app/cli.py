@@ -206,7 +206,8 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     The model's maps are computed once per image at the scales predict would choose (adaptive: from each
     image's estimated diameter, found with the manifest's current thresholds; fixed: MT2's) with up to 4 flipped
     views; every combination of the grid is scored with the challenge F1. With --write the best and the target
-    diameters go into the manifest, and predict uses them (a short time budget still drops flipped views first).
+    diameters go into the manifest, and predict uses them (a short time budget still drops flipped views first);
+    the stored settings are then scored once more at the scales their own thresholds estimate, as predict will.
     """
     from pathlib import Path
 
@@ -223,6 +224,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         choice_line,
         class_choices,
         collect_scores,
+        confirm_scores,
         current_settings,
         parse_grid,
         rank,
@@ -273,7 +275,14 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         manifest = manifest_beside(model_path)
         if not manifest.is_file():
             raise click.ClickException(f"{manifest.parent} has no {manifest.name} to store the settings in")
-        note = f"{len(scored)} images of {data.name}, mean F1 {best.f1:.4f}"
+        # Sizes were estimated with the old thresholds; predict will estimate them with the stored ones.
+        confirmed = confirm_scores(pairs, runner, cfg.with_overrides(**best.settings),
+                                   tqdm(scored, disable=None, unit="image", leave=False), candidates,
+                                   lambda kind: {**best.settings, **kept.get(kind, {})})
+        f1 = float(confirmed.f1.mean())
+        click.echo(f"as stored, at the scales its thresholds estimate: mean F1 {f1:.4f} over {len(scored)} images "
+                   f"({confirmed.moved} of them planned at other scales than in the grid)")
+        note = f"{len(scored)} images of {data.name}, mean F1 {f1:.4f}"
         chosen = best.settings
         if scale_mode == "adaptive":
             chosen = {**best.settings, **{name: getattr(cfg, name) for name in targets}}

@@ -12,6 +12,10 @@ Kinds of image (colour stains, fluorescence, other grey; `app.normalize.image_cl
 thresholds than the common best: `class_choices` picks each kind's best setting among those with the common
 views and fusion, and keeps it only when it also wins on the kind's images it was not chosen on (two halves,
 each chosen on one and scored on the other) by more than the noise of that comparison.
+
+The scales come from each image's diameter estimate, which runs the model and the current common thresholds.
+Storing other thresholds moves some estimates, and with them the scales `predict` will run those images at, so
+`confirm_scores` scores the stored settings again at the scales they lead to: the figure `predict` will give.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Scored:
     name: str
     f1: np.ndarray
     kind: str = "grey"  # `image_class` of the image
+    scales: tuple[float, ...] = ()  # the scales its maps were computed at
 
 
 @dataclass(frozen=True)
@@ -69,16 +74,21 @@ class Trial:
     f1: float
 
 
+def planned_scales(rgb_u8: np.ndarray, runner: Runner, cfg: InferenceConfig) -> tuple[float, ...]:
+    """The scales `predict` runs a normalised image at with no time budget: adaptive around the diameter estimated
+    with `cfg`'s thresholds, or MT2's, as `cfg.scale_mode` says."""
+    return tuple(choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg))
+
+
 def image_views(
     image_path: Path, runner: Runner, cfg: InferenceConfig, flips: int
-) -> tuple[ScaleViews, float, tuple[int, int], str]:
-    """Maps of one image as `predict` computes them with no time budget (adaptive or MT2's scales, as `cfg`
-    says), per scale and per flipped view at the scale's size; the plan's `view_scale`; the image's shape; its
-    kind (`image_class`)."""
+) -> tuple[ScaleViews, tuple[float, ...], tuple[int, int], str]:
+    """Maps of one image as `predict` computes them with no time budget (`planned_scales`), per scale and per
+    flipped view at the scale's size; the scales; the image's shape; its kind (`image_class`)."""
     rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
-    scales = choose_scales(size_estimate(rgb_u8, runner, cfg), is_fluorescence(rgb_u8, cfg), cfg)
+    scales = planned_scales(rgb_u8, runner, cfg)
     per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=flips)) for scale in scales)
-    return per_scale, Plan(scales, cfg.stride).view_scale, rgb_u8.shape[:2], image_class(rgb_u8, cfg)
+    return per_scale, scales, rgb_u8.shape[:2], image_class(rgb_u8, cfg)
 
 
 def parse_grid(values: Iterable[str], grid: TuneGrid = TuneGrid()) -> TuneGrid:
@@ -159,16 +169,53 @@ def collect_scores(
     for image_path, label_path in pairs:
         try:
             truth = read_labels(label_path)
-            per_scale, view_scale, shape, kind = image_views(image_path, runner, cfg, flips)
+            per_scale, scales, shape, kind = image_views(image_path, runner, cfg, flips)
         except (InputError, OSError, ValueError) as exc:
             on_error(f"{image_path.name}: {exc}")
             continue
         if truth.shape != shape:
             on_error(f"{image_path.name}: label shape {truth.shape} differs from the image's {shape}")
             continue
-        views = Views(image_path.stem, truth, per_scale, view_scale, kind)
-        scored.append(Scored(image_path.stem, score_views(views, candidates, cfg), kind))
+        views = Views(image_path.stem, truth, per_scale, Plan(scales, cfg.stride).view_scale, kind)
+        scored.append(Scored(image_path.stem, score_views(views, candidates, cfg), kind, scales))
     return scored
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """F1 of each scored image under the settings as stored, at the scales they lead `predict` to."""
+
+    f1: np.ndarray
+    moved: int  # images whose scales the stored thresholds changed (computed again)
+
+
+def confirm_scores(
+    pairs: Iterable[tuple[Path, Path]],
+    runner: Runner,
+    cfg: InferenceConfig,
+    scored: Iterable[Scored],
+    candidates: list[dict[str, Any]],
+    setting_for: Callable[[str], dict[str, Any]],
+) -> Confirmation:
+    """Scores of the stored settings as `predict` will run them: each image's scales planned again with `cfg`
+    (the stored common settings, as `predict` estimates sizes); an image whose scales did not move keeps its grid
+    score under `setting_for(kind)` (a candidate), the others are computed and scored again at their new scales."""
+    by_name = {image.stem: (image, label) for image, label in pairs}
+    f1, moved = [], 0
+    for image in scored:
+        setting = setting_for(image.kind)
+        image_path, label_path = by_name[image.name]
+        rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
+        scales = planned_scales(rgb_u8, runner, cfg)
+        if scales == image.scales:
+            f1.append(float(image.f1[candidates.index(setting)]))
+            continue
+        moved += 1
+        per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=int(setting["flips"])))
+                          for scale in scales)
+        views = Views(image.name, read_labels(label_path), per_scale, Plan(scales, cfg.stride).view_scale, image.kind)
+        f1.append(float(score_views(views, [setting], cfg)[0]))
+    return Confirmation(np.array(f1), moved)
 
 
 def rank(candidates: list[dict[str, Any]], scored: list[Scored]) -> list[Trial]:
@@ -248,6 +295,7 @@ def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) 
 
 
 __all__ = [
-    "ClassChoice", "Scored", "Trial", "Views", "candidate_settings", "choice_line", "class_choices", "collect_scores",
-    "current_settings", "grid_settings", "image_views", "parse_grid", "rank", "score_views", "trials_table",
+    "ClassChoice", "Confirmation", "Scored", "Trial", "Views", "candidate_settings", "choice_line", "class_choices",
+    "collect_scores", "confirm_scores", "current_settings", "grid_settings", "image_views", "parse_grid",
+    "planned_scales", "rank", "score_views", "trials_table",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -159,15 +160,15 @@ def test_image_views_match_predict(tmp_path: Path, weights: Path, mode: str, sca
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
     cfg = InferenceConfig(flips=4, fusion="mean", scale_mode=mode.split("-")[0], min_seed_area=4,
                           fluorescence_grey_median=0.0 if mode == "fixed-grey" else 50.0)
-    per_scale, view_scale, shape, _ = image_views(path, runner, cfg, flips=4)
+    per_scale, planned, shape, _ = image_views(path, runner, cfg, flips=4)
     assert shape == SHAPE
-    views = Views("a", np.zeros(SHAPE), per_scale, view_scale)
+    views = Views("a", np.zeros(SHAPE), per_scale, Plan(planned, cfg.stride).view_scale)
     image = read_normalized(path, cfg.max_pixels, cfg)
     if scales is None:  # the discs' own size decides: 2 * RADIUS against the target diameter
         scales = choose_scales(size_estimate(image, runner, cfg), is_fluorescence(image, cfg), cfg)
         assert scales[1] == pytest.approx(cfg.target_diameter / (2 * RADIUS), rel=0.15)
+    assert planned == tuple(scales)
     assert len(views.per_scale) == len(scales) and all(len(v) == 4 for v in views.per_scale)
-    assert view_scale == pytest.approx(Plan(scales, cfg.stride).view_scale)
     for flips, fusion in ((4, "mean"), (2, "max"), (1, "max")):
         expected = predict_maps(image, runner, Plan(scales, cfg.stride, flips=flips), cfg.with_overrides(fusion=fusion))
         np.testing.assert_array_equal(views.fused(flips, fusion)[0], expected[0])
@@ -273,6 +274,47 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     target = 14.0 if row[header.index("fluorescence")] == "True" else 12.0
     assert float(scales[1]) == pytest.approx(target / diameter, rel=0.01)  # predict takes the manifest's target
 
+
+
+def test_tune_reports_what_predict_gives_with_the_stored_settings(tmp_path: Path, weights: Path) -> None:
+    """The grid scores every setting at scales estimated with the manifest's old thresholds (MT2's S_min sees no
+    disc); predict estimates with the stored ones. The figure tune stores is predict's own."""
+    data = labelled_folder(tmp_path / "data", count=3)
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write", "--grid", "flips=1,2"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("as stored"))
+    confirmed = float(re.search(r"mean F1 (\d\.\d+)", line).group(1))
+    assert int(re.search(r"\((\d+) of them planned at other scales", line).group(1)) > 0
+    assert f"mean F1 {confirmed:.4f}" in json.loads((weights / "manifest.json").read_text())["postprocess"]["tuned_on"]
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["predict", "--input", str(data / "images"), "--output", str(out), "--model",
+                                      str(weights), "--device", "cpu", "--threads", "1", "--mode", "accurate"])
+    assert result.exit_code == 0, result.output
+    f1 = [image_scores(tifffile.imread(label), tifffile.imread(out / label.name)).f1
+          for label in sorted((data / "labels").iterdir())]
+    assert round(float(np.mean(f1)), 4) == confirmed
+
+
+def test_confirmation_keeps_grid_scores_only_where_the_scales_stayed(tmp_path: Path, weights: Path) -> None:
+    from app.tune import confirm_scores, planned_scales
+
+    data = labelled_folder(tmp_path / "data", count=2)
+    pairs = labelled_pairs(data / "images", data / "labels")[0]
+    runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
+    cfg = InferenceConfig(min_seed_area=4)
+    setting = {**{name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}, "flips": 1}
+    stayed = planned_scales(read_normalized(pairs[0][0], cfg.max_pixels, cfg), runner, cfg)
+    sentinel = 0.123  # no image of discs scores this: a grid score kept, never recomputed
+    scored = [Scored("cell_00001", np.array([0.0, sentinel]), "grey", stayed),
+              Scored("cell_00002", np.array([0.0, sentinel]), "grey", (9.0,))]
+    confirmed = confirm_scores(pairs, runner, cfg, scored, [{}, setting], lambda kind: setting)
+    assert confirmed.moved == 1 and confirmed.f1[0] == sentinel
+    image = read_normalized(pairs[1][0], cfg.max_pixels, cfg)
+    plan = Plan(planned_scales(image, runner, cfg), cfg.stride, flips=1)
+    expected = instance_map(*predict_maps(image, runner, plan, cfg), cfg, plan.view_scale)
+    assert confirmed.f1[1] == image_scores(tifffile.imread(pairs[1][1]), expected).f1 > 0.5
 
 def _scored(kind: str, common: list[float], other: list[float]) -> list[Scored]:
     return [Scored(f"{kind}{i}", np.array([c, o]), kind) for i, (c, o) in enumerate(zip(common, other))]
