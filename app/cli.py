@@ -213,10 +213,10 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
 
     from tqdm import tqdm
 
-    from app.config import InferenceConfig
+    from app.config import IMAGE_CLASSES, POSTPROCESS_FIELDS, InferenceConfig
     from app.diameter import describe_scale_rule
     from app.errors import ModelError
-    from app.manifest import manifest_beside, postprocess_settings, store_postprocess
+    from app.manifest import class_settings, manifest_beside, postprocess_settings, store_postprocess
     from app.reader import labelled_pairs
     from app.runner import ModelRunner, resolve_model
     from app.tune import (
@@ -226,7 +226,9 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         collect_scores,
         confirm_scores,
         current_settings,
+        grid_scores,
         parse_grid,
+        per_kind,
         rank,
         trials_table,
     )
@@ -239,7 +241,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     if not pairs:
         raise click.ClickException(f"no image in {data / 'images'} has a label file in {data / 'labels'}")
     try:
-        stored = postprocess_settings(model_path)
+        stored, stored_classes = postprocess_settings(model_path), class_settings(model_path)
         # Thresholds are tuned on the reference (fp32) maps; fp16 and int8 are held to them by their parity checks.
         runner = ModelRunner(resolve_model(model_path, device, "fp32"), device, threads)
     except ModelError as exc:
@@ -256,7 +258,10 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         grid = parse_grid(grid_values)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    candidates = candidate_settings(base, grid)
+    # The settings stored now are scored too, at the scales their own thresholds estimate: what predict gives now.
+    stored_common = {name: stored.get(name, getattr(base, name)) for name in POSTPROCESS_FIELDS}
+    stored_for = per_kind(stored_common, stored_classes)
+    candidates = candidate_settings(base, grid, [stored_for(kind) for kind in IMAGE_CLASSES])
     scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,
                             on_error=lambda message: click.echo(f"skipped {message}", err=True))
     if not scored:
@@ -278,14 +283,18 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
         # Sizes were estimated with the old thresholds; predict will estimate them with the stored ones.
         confirmed = confirm_scores(pairs, runner, cfg.with_overrides(**best.settings),
                                    tqdm(scored, disable=None, unit="image", leave=False), candidates,
-                                   lambda kind: {**best.settings, **kept.get(kind, {})})
-        f1 = float(confirmed.f1.mean())
+                                   per_kind(best.settings, kept))
+        f1, now = float(confirmed.f1.mean()), float(grid_scores(scored, candidates, stored_for).mean())
         click.echo(f"as stored, at the scales its thresholds estimate: mean F1 {f1:.4f} over {len(scored)} images "
                    f"({confirmed.moved} of them planned at other scales than in the grid)")
-        note = f"{len(scored)} images of {data.name}, mean F1 {f1:.4f}"
         chosen = best.settings
+        if f1 < now:  # a tune never leaves the model worse on its own tuning images than it found it
+            click.echo(f"the settings in use before (the manifest's, else MT2's) give {now:.4f} on these images: "
+                       "they stay")
+            chosen, kept, f1 = stored_common, stored_classes, now
+        note = f"{len(scored)} images of {data.name}, mean F1 {f1:.4f}"
         if scale_mode == "adaptive":
-            chosen = {**best.settings, **{name: getattr(cfg, name) for name in targets}}
+            chosen = {**chosen, **{name: getattr(cfg, name) for name in targets}}
         if kept:
             note += "; own thresholds for " + ", ".join(kept) + " images (held-out gain beyond noise)"
         click.echo(f"stored in {store_postprocess(manifest.parent, chosen, note, kept)}")

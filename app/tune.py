@@ -24,7 +24,7 @@ import itertools
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -129,11 +129,28 @@ def current_settings(cfg: InferenceConfig) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in POSTPROCESS_FIELDS}
 
 
-def candidate_settings(cfg: InferenceConfig, grid: TuneGrid = TuneGrid()) -> list[dict[str, Any]]:
-    """The grid's settings, and the config's own (the reference) when the grid lacks it."""
+def candidate_settings(
+    cfg: InferenceConfig, grid: TuneGrid = TuneGrid(), extra: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The grid's settings, then the config's own (the reference) and `extra` (the settings stored now) where the
+    grid lacks them."""
     candidates = grid_settings(grid)
-    current = current_settings(cfg)
-    return candidates if current in candidates else [*candidates, current]
+    for setting in (current_settings(cfg), *extra):
+        if setting not in candidates:
+            candidates.append(setting)
+    return candidates
+
+
+def per_kind(common: dict[str, Any], classes: Mapping[str, Mapping[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    """The setting an image of each kind gets: `common`, with the kind's own thresholds (`classes`) over it."""
+    return lambda kind: {**common, **classes.get(kind, {})}
+
+
+def grid_scores(
+    scored: Iterable[Scored], candidates: list[dict[str, Any]], setting_for: Callable[[str], dict[str, Any]]
+) -> np.ndarray:
+    """Each image's grid score under the setting of its kind (a candidate)."""
+    return np.array([image.f1[candidates.index(setting_for(image.kind))] for image in scored])
 
 
 def score_views(views: Views, candidates: list[dict[str, Any]], cfg: InferenceConfig) -> np.ndarray:
@@ -208,7 +225,7 @@ def confirm_scores(
         rgb_u8 = read_normalized(image_path, cfg.max_pixels, cfg)
         scales = planned_scales(rgb_u8, runner, cfg)
         if scales == image.scales:
-            f1.append(float(image.f1[candidates.index(setting)]))
+            f1.append(float(grid_scores([image], candidates, setting_for)[0]))
             continue
         moved += 1
         per_scale = tuple(tuple(scale_views(rgb_u8, runner, scale, cfg, flips=int(setting["flips"])))
@@ -296,6 +313,6 @@ def trials_table(trials: list[Trial], reference: dict[str, Any], top: int = 10) 
 
 __all__ = [
     "ClassChoice", "Confirmation", "Scored", "Trial", "Views", "candidate_settings", "choice_line", "class_choices",
-    "collect_scores", "confirm_scores", "current_settings", "grid_settings", "image_views", "parse_grid",
-    "planned_scales", "rank", "score_views", "trials_table",
+    "collect_scores", "confirm_scores", "current_settings", "grid_scores", "grid_settings", "image_views",
+    "parse_grid", "per_kind", "planned_scales", "rank", "score_views", "trials_table",
 ]

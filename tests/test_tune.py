@@ -85,6 +85,9 @@ def test_candidates_hold_the_config_reference_once() -> None:
                               "min_seed_area": 64, "seed_split_height": 0.0, "min_area_ratio": 0.0}
     assert len(candidates) == 2
     assert len(candidate_settings(InferenceConfig(fusion="mean"), grid)) == 1
+    stored = {**candidates[0], "min_seed_area": 16}
+    with_stored = candidate_settings(InferenceConfig(), grid, [stored, stored, candidates[0]])
+    assert with_stored == [*candidates, stored]  # the stored settings are scored too, each once
 
 
 def _views(truth: np.ndarray, cell: np.ndarray) -> Views:
@@ -315,6 +318,39 @@ def test_confirmation_keeps_grid_scores_only_where_the_scales_stayed(tmp_path: P
     plan = Plan(planned_scales(image, runner, cfg), cfg.stride, flips=1)
     expected = instance_map(*predict_maps(image, runner, plan, cfg), cfg, plan.view_scale)
     assert confirmed.f1[1] == image_scores(tifffile.imread(pairs[1][1]), expected).f1 > 0.5
+
+
+def test_tune_keeps_the_stored_settings_when_the_best_as_stored_is_worse(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the grid's best to lose once its own thresholds move the scales, the settings in use stay."""
+    import app.tune
+
+    data = labelled_folder(tmp_path / "data")
+    stored = {"flips": 1, "fusion": "max", "cell_threshold": 0.3, "seed_threshold": 0.5, "min_seed_area": 4,
+              "seed_split_height": 0.0, "min_area_ratio": 0.0}
+    store_postprocess(weights, stored, "by hand")
+    real = app.tune.confirm_scores
+
+    def worse(*args, **kwargs):
+        found = real(*args, **kwargs)
+        return app.tune.Confirmation(found.f1 - 0.5, found.moved)
+
+    monkeypatch.setattr(app.tune, "confirm_scores", worse)
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write", "--grid", "flips=2", "--grid", "fusions=mean"])
+    assert result.exit_code == 0, result.output
+    assert "the settings in use before (the manifest's, else MT2's) give 1.0000 on these images: they stay" \
+        in result.output
+    kept = postprocess_settings(weights)
+    assert {name: kept[name] for name in POSTPROCESS_FIELDS} == stored
+    assert "mean F1 1.0000" in json.loads((weights / "manifest.json").read_text())["postprocess"]["tuned_on"]
+
+    monkeypatch.setattr(app.tune, "confirm_scores", real)
+    result = CliRunner().invoke(cli, ["tune", "--data", str(data), "--model", str(weights), "--device", "cpu",
+                                      "--threads", "1", "--write", "--grid", "flips=2", "--grid", "fusions=mean"])
+    assert result.exit_code == 0 and "they stay" not in result.output
+    assert postprocess_settings(weights)["flips"] == 2  # the best as stored is no worse: it is written
 
 def _scored(kind: str, common: list[float], other: list[float]) -> list[Scored]:
     return [Scored(f"{kind}{i}", np.array([c, o]), kind) for i, (c, o) in enumerate(zip(common, other))]
