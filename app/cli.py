@@ -213,7 +213,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
 
     from tqdm import tqdm
 
-    from app.config import IMAGE_CLASSES, POSTPROCESS_FIELDS, InferenceConfig
+    from app.config import IMAGE_CLASSES, InferenceConfig
     from app.diameter import describe_scale_rule
     from app.errors import ModelError
     from app.manifest import class_settings, manifest_beside, postprocess_settings, store_postprocess
@@ -259,7 +259,7 @@ def tune(data_dir: str, model: str | None, limit: int | None, write: bool, devic
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     # The settings stored now are scored too, at the scales their own thresholds estimate: what predict gives now.
-    stored_common = {name: stored.get(name, getattr(base, name)) for name in POSTPROCESS_FIELDS}
+    stored_common = current_settings(base.with_overrides(**stored))
     stored_for = per_kind(stored_common, stored_classes)
     candidates = candidate_settings(base, grid, [stored_for(kind) for kind in IMAGE_CLASSES])
     scored = collect_scores(tqdm(pairs, disable=None, unit="image", leave=False), runner, cfg, candidates,

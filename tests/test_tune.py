@@ -28,8 +28,10 @@ from app.tune import (
     candidate_settings,
     class_choices,
     collect_scores,
+    confirm_scores,
     grid_settings,
     image_views,
+    planned_scales,
     rank,
     score_views,
 )
@@ -278,7 +280,6 @@ def test_tune_writes_the_manifest_and_predict_uses_it(tmp_path: Path, weights: P
     assert float(scales[1]) == pytest.approx(target / diameter, rel=0.01)  # predict takes the manifest's target
 
 
-
 def test_tune_reports_what_predict_gives_with_the_stored_settings(tmp_path: Path, weights: Path) -> None:
     """The grid scores every setting at scales estimated with the manifest's old thresholds (MT2's S_min sees no
     disc); predict estimates with the stored ones. The figure tune stores is predict's own."""
@@ -301,8 +302,6 @@ def test_tune_reports_what_predict_gives_with_the_stored_settings(tmp_path: Path
 
 
 def test_confirmation_keeps_grid_scores_only_where_the_scales_stayed(tmp_path: Path, weights: Path) -> None:
-    from app.tune import confirm_scores, planned_scales
-
     data = labelled_folder(tmp_path / "data", count=2)
     pairs = labelled_pairs(data / "images", data / "labels")[0]
     runner = ModelRunner(weights / "mt2.fp32.onnx", "cpu", 1)
@@ -351,6 +350,7 @@ def test_tune_keeps_the_stored_settings_when_the_best_as_stored_is_worse(
                                       "--threads", "1", "--write", "--grid", "flips=2", "--grid", "fusions=mean"])
     assert result.exit_code == 0 and "they stay" not in result.output
     assert postprocess_settings(weights)["flips"] == 2  # the best as stored is no worse: it is written
+
 
 def _scored(kind: str, common: list[float], other: list[float]) -> list[Scored]:
     return [Scored(f"{kind}{i}", np.array([c, o]), kind) for i, (c, o) in enumerate(zip(common, other))]
